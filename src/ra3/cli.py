@@ -1,0 +1,51 @@
+"""`ra3 <stage> [--config f.yaml] [--field value ...]`: build the stage's config dataclass, call its run()."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from ra3.config import ConfigError, parse_config
+from ra3.files import DataError
+
+# stage name -> (module, config class, one-line description). Modules are imported lazily so that
+# `ra3 evaluate` never pays for importing torch.
+STAGES: dict[str, tuple[str, str, str]] = {
+    "evaluate": ("ra3.evaluate", "EvaluateConfig", "run samples against a benchmark's tests; pass@k"),
+    "demo": ("ra3.demo", "DemoConfig", "the whole study on the embedded default"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, STAGES))
+    rows = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, _, desc) in STAGES.items())
+    return f"usage: ra3 <stage> [--config FILE.yaml] [--field value ...]\n\nstages:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ra3` console script; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"ra3: unknown stage '{stage}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    module_name, config_name, _ = STAGES[stage]
+    module = importlib.import_module(module_name)
+    try:
+        cfg = parse_config(getattr(module, config_name), rest, prog=f"ra3 {stage}")
+        out = module.run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"ra3 {stage}: error: {e}", file=sys.stderr)
+        return 2
+    if out is not None:
+        print(f"ra3 {stage}: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
