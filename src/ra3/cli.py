@@ -12,9 +12,31 @@ from ra3.files import DataError
 # stage name -> (module, config class, one-line description). Modules are imported lazily so that
 # `ra3 evaluate` never pays for importing torch.
 STAGES: dict[str, tuple[str, str, str]] = {
+    "init-model": ("ra3.init_model", "InitModelConfig", "train a tokenizer and initialise a tiny Llama"),
+    "pretrain": ("ra3.pretrain", "PretrainConfig", "scratch pretraining on a text corpus"),
+    "midtrain": ("", "", "mid-training on demonstrations: --method ntp (baseline) or ra3"),
     "evaluate": ("ra3.evaluate", "EvaluateConfig", "run samples against a benchmark's tests; pass@k"),
     "demo": ("ra3.demo", "DemoConfig", "the whole study on the embedded default"),
 }
+# `ra3 midtrain --method M`: each method is its own stage with its own config.
+METHODS: dict[str, tuple[str, str]] = {"ntp": ("ra3.ntp", "NTPConfig")}
+
+
+def _midtrain(argv: list[str]) -> tuple[str, str, list[str]]:
+    """Pick the method's module and config from `--method M` (default ntp) and drop the flag."""
+    method, rest = "ntp", list(argv)
+    for i, arg in enumerate(rest):
+        if arg == "--method" and i + 1 < len(rest):
+            method = rest[i + 1]
+            del rest[i:i + 2]
+            break
+        if arg.startswith("--method="):
+            method = arg.split("=", 1)[1]
+            del rest[i]
+            break
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is not one of {sorted(METHODS)}")
+    return *METHODS[method], rest
 
 
 def _usage() -> str:
@@ -35,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     module_name, config_name, _ = STAGES[stage]
-    module = importlib.import_module(module_name)
     try:
+        if stage == "midtrain":
+            module_name, config_name, rest = _midtrain(rest)
+        module = importlib.import_module(module_name)
         cfg = parse_config(getattr(module, config_name), rest, prog=f"ra3 {stage}")
         out = module.run(cfg)
     except (ConfigError, DataError) as e:
