@@ -15,11 +15,12 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "init-model": ("ra3.init_model", "InitModelConfig", "train a tokenizer and initialise a tiny Llama"),
     "pretrain": ("ra3.pretrain", "PretrainConfig", "scratch pretraining on a text corpus"),
     "midtrain": ("", "", "mid-training on demonstrations: --method ntp (baseline) or ra3"),
+    "estep": ("ra3.estep", "EStepConfig", "one RA3 E-step alone: RL latent discovery + bootstrap traces"),
     "evaluate": ("ra3.evaluate", "EvaluateConfig", "run samples against a benchmark's tests; pass@k"),
     "demo": ("ra3.demo", "DemoConfig", "the whole study on the embedded default"),
 }
 # `ra3 midtrain --method M`: each method is its own stage with its own config.
-METHODS: dict[str, tuple[str, str]] = {"ntp": ("ra3.ntp", "NTPConfig")}
+METHODS: dict[str, tuple[str, str]] = {"ntp": ("ra3.ntp", "NTPConfig"), "ra3": ("ra3.ra3", "RA3Config")}
 
 
 def _midtrain(argv: list[str]) -> tuple[str, str, list[str]]:

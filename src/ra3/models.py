@@ -226,19 +226,26 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 # Teacher-forced scoring (the one definition of log p_θ used by every stage)
 
 
+def causal_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """logits[b, t] = the model's next-token logits after x_≤t, in at least float32; shape (B, T, V).
+
+    Padding may sit on either side (left-padded prompts, right-padded completions). Position ids count
+    real tokens only, so a padded row gets exactly its unpadded values (HF would number pads too).
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits  # (B, T, V)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # a bf16 log-softmax keeps ~3 digits
+
+
 def token_logprobs(model: PreTrainedModel, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """out[b, t] = log p_θ(x_{t+1} | x_≤t) for each row b; shape (B, T-1).
 
-    Padding may sit on either side (left-padded prompts, right-padded completions). Position ids count
-    real tokens only, so a padded row gets exactly its unpadded values (HF would number pads too).
     Entries whose target or context token is padding are 0, so sums over a row are safe.
     Gradients flow through; wrap in `torch.no_grad()` to score a frozen model.
     """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits[:, :-1]  # (B, T-1, V)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a bf16 log-softmax keeps ~3 digits
+    logits = causal_logits(model, input_ids, attention_mask)[:, :-1]  # (B, T-1, V)
     targets = input_ids[:, 1:]  # (B, T-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (B, T-1)
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
@@ -273,7 +280,7 @@ def _encode_example(tokenizer: PreTrainedTokenizerBase, example: Example) -> tup
     return ids, seg
 
 
-def _pad(rows: Sequence[list[int]], value: int, side: str) -> torch.Tensor:
+def pad_rows(rows: Sequence[list[int]], value: int, side: str = "right") -> torch.Tensor:
     """Stack lists of ints into (B, T_max), filling with `value` on the left or right."""
     width = max((len(r) for r in rows), default=0)
     fills = [[value] * (width - len(r)) for r in rows]
@@ -296,9 +303,9 @@ def segment_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     out = []
     for start in range(0, len(examples), batch_size):
         rows = [_encode_example(tokenizer, ex) for ex in examples[start:start + batch_size]]
-        ids = _pad([r[0] for r in rows], tokenizer.pad_token_id, padding_side).to(model.device)  # (b, T)
-        mask = _pad([[1] * len(r[0]) for r in rows], 0, padding_side).to(model.device)  # (b, T)
-        seg = _pad([r[1] for r in rows], -1, padding_side).to(model.device)  # (b, T)
+        ids = pad_rows([r[0] for r in rows], tokenizer.pad_token_id, padding_side).to(model.device)  # (b, T)
+        mask = pad_rows([[1] * len(r[0]) for r in rows], 0, padding_side).to(model.device)  # (b, T)
+        seg = pad_rows([r[1] for r in rows], -1, padding_side).to(model.device)  # (b, T)
         logp = token_logprobs(model, ids, mask)  # (b, T-1)
         # Column 0 collects the prompt's and the padding's log-probs and is dropped.
         sums = logp.new_zeros(len(rows), n_segments + 1)  # (b, S+1)
@@ -316,5 +323,5 @@ def score_segments(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     """
     per_segment = segment_logprobs(model, tokenizer, examples, padding_side=padding_side,
                                    batch_size=batch_size)  # (B, S)
-    scored = _pad([[int(s) for _, s in segments] for _, segments in examples], 0, "right")  # (B, S)
+    scored = pad_rows([[int(s) for _, s in segments] for _, segments in examples], 0, "right")  # (B, S)
     return (per_segment * scored.to(per_segment.device)).sum(-1)
