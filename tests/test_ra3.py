@@ -77,6 +77,8 @@ def test_estep_outputs_and_accounting(tiny_model, toy_demos, tmp_path):
         assert trace["reward"] >= 0  # include_empty: the no-rationale trace (reward 0) is always a candidate
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and {"estep/elbo", "estep/rationale_rate", "estep/kl"} <= set(history[0])
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    assert [k for k in history[0] if k != "update" and f"`{k}`" not in documented] == []
     compute = json.loads((tmp_path / "compute.json").read_text())
     assert compute["tokens_forward"] > compute["tokens_backward"] > 0
 
