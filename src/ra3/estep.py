@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ra3.config import ConfigError, option, save_config
-from ra3.files import DataError, atomic_write_text, read_jsonl, write_jsonl
+from ra3.files import DataError, atomic_write_text, provenance, read_jsonl, write_jsonl
 from ra3.latents import Encoder, action_logprobs, render, sample_annotations, score, split_demo
 from ra3.models import load_pretrained
 from ra3.objectives import estep_reward, group_advantages, kl_k3, policy_gradient_loss, rationale_credit
@@ -282,7 +282,8 @@ def run(cfg: EStepConfig) -> Path:
         step.policy.eval()
         records = bootstrap(step, list(range(len(demos))))
     write_jsonl(out / "metrics.jsonl", history)
-    compute = {**step.compute, "wall_s": round(time.monotonic() - start, 2), "demos": len(demos)}
+    compute = {**step.compute, "wall_s": round(time.monotonic() - start, 2), "demos": len(demos),
+               **provenance(cfg.seed, demos=cfg.demos)}
     atomic_write_text(out / "compute.json", json.dumps(compute, indent=2) + "\n")
     for rec in sorted(records, key=lambda r: -r["reward"])[:2]:
         logger.info("annotated example %s (reward %+.2f):\n%s%s", rec["task_id"], rec["reward"], rec["prompt"],

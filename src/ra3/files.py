@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -75,3 +77,22 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.cache
+def git_sha() -> str | None:
+    """The commit of the ra3 checkout that is running, if it is one (recorded beside every artifact)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(seed: int, **data: str | Path) -> dict[str, Any]:
+    """What made an artifact: ra3 version, git SHA, seed, and the SHA-256 of each named input file."""
+    from ra3 import __version__
+
+    hashes = {name: file_sha256(path) for name, path in data.items() if Path(path).is_file()}
+    return {"ra3_version": __version__, "git_sha": git_sha(), "seed": seed, "data_sha256": hashes}

@@ -35,4 +35,4 @@ def load_demonstrations(path: Path) -> Dataset:
 def run(cfg: NTPConfig) -> Path:
     """Mid-train `cfg.model` on `cfg.data` with loss on the code tokens; returns the HF model directory."""
     save_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    return train(cfg, load_demonstrations(cfg.data), completion_only=True)
+    return train(cfg, load_demonstrations(cfg.data), completion_only=True, data_path=cfg.data)

@@ -54,4 +54,4 @@ def run(cfg: PretrainConfig) -> Path:
     if cfg.stdlib_fraction > 0:
         texts += _stdlib_texts(int(cfg.stdlib_fraction * sum(map(len, texts))), cfg.seed)
     save_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    return train(cfg, Dataset.from_dict({"text": texts}), completion_only=False)
+    return train(cfg, Dataset.from_dict({"text": texts}), completion_only=False, data_path=cfg.data)

@@ -30,7 +30,7 @@ import torch
 from datasets import Dataset
 
 from ra3.config import ConfigError, option
-from ra3.files import atomic_write_text
+from ra3.files import atomic_write_text, provenance
 from ra3.models import load_pretrained, save_pretrained
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _write_rank_audit(trainer, out_dir: Path) -> None:
     atomic_write_text(out_dir / "ranks" / f"rank{rank}.json", json.dumps(audit) + "\n")
 
 
-def train(cfg: TrainConfig, dataset: Dataset, completion_only: bool) -> Path:
+def train(cfg: TrainConfig, dataset: Dataset, completion_only: bool, data_path: Path | None = None) -> Path:
     """Train `cfg.model` on `dataset` ("text" records, or "prompt"/"completion" records whose loss is on
     the completion only when `completion_only`); returns `cfg.out_dir / "model"`, an HF model directory.
 
@@ -167,7 +167,8 @@ def train(cfg: TrainConfig, dataset: Dataset, completion_only: bool) -> Path:
         compute = {"optimizer_steps": state.global_step, "tokens_forward": tokens, "tokens_backward": tokens,
                    "wall_s": round(time.monotonic() - start, 2), "resumed_from": str(resume) if resume else None,
                    "tokens_per_s": round(tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
-                   "final_loss": _last_loss(state.log_history)}
+                   "final_loss": _last_loss(state.log_history),
+                   **provenance(cfg.seed, **({"data": data_path} if data_path else {}))}
         atomic_write_text(out_dir / "compute.json", json.dumps(compute, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return final
