@@ -16,6 +16,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "pretrain": ("ra3.pretrain", "PretrainConfig", "scratch pretraining on a text corpus"),
     "midtrain": ("", "", "mid-training on demonstrations: --method ntp (baseline) or ra3"),
     "estep": ("ra3.estep", "EStepConfig", "one RA3 E-step alone: RL latent discovery + bootstrap traces"),
+    "generate": ("ra3.generate", "GenerateConfig", "sample n completions per benchmark task -> samples JSONL"),
     "evaluate": ("ra3.evaluate", "EvaluateConfig", "run samples against a benchmark's tests; pass@k"),
     "demo": ("ra3.demo", "DemoConfig", "the whole study on the embedded default"),
 }

