@@ -12,11 +12,13 @@ from ra3.files import DataError
 # stage name -> (module, config class, one-line description). Modules are imported lazily so that
 # `ra3 evaluate` never pays for importing torch.
 STAGES: dict[str, tuple[str, str, str]] = {
+    "world": ("ra3.world", "WorldConfig", "build the synthetic code world (corpus, demos, RL and held-out tasks)"),
     "init-model": ("ra3.init_model", "InitModelConfig", "train a tokenizer and initialise a tiny Llama"),
     "pretrain": ("ra3.pretrain", "PretrainConfig", "scratch pretraining on a text corpus"),
     "midtrain": ("", "", "mid-training on demonstrations: --method ntp (baseline) or ra3"),
     "estep": ("ra3.estep", "EStepConfig", "one RA3 E-step alone: RL latent discovery + bootstrap traces"),
     "generate": ("ra3.generate", "GenerateConfig", "sample n completions per benchmark task -> samples JSONL"),
+    "rlvr": ("ra3.rlvr", "RLVRConfig", "RLVR: GRPO with the sandboxed verifier's verdict as the reward"),
     "evaluate": ("ra3.evaluate", "EvaluateConfig", "run samples against a benchmark's tests; pass@k"),
     "demo": ("ra3.demo", "DemoConfig", "the whole study on the embedded default"),
 }

@@ -1,0 +1,213 @@
+"""RLVR: the verifier's reward (passing, failing, partial, and hacks that must earn 0), the stop-rule cut of
+sampled tokens, MBPP task sets that never hold test ids, GRPO steps on a tiny model that change its
+weights and write curves, and kill -9 + resume."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ra3.benchmarks import Problem, default_data_dir, load_mbpp_sanitized, save_problems
+from ra3.cli import main
+from ra3.config import ConfigError
+from ra3.files import DataError, read_jsonl
+from ra3.rewards import VerifierReward, verdict_reward
+from ra3.rlvr import MBPP_PLUS_FILE, RLVRConfig, code_prefix_problem, load_tasks, stop_length
+from ra3.sandbox import FunctionalTest, ScriptTest, Verdict
+from ra3.sft import TrainConfig, last_complete_checkpoint, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+PROMPT = 'def add_one(xs):\n    """Add one to every element of xs."""\n'
+ADD_ONE = Problem("toy/add_one", PROMPT, "add_one", FunctionalTest([[[1, 2]], [[0]]], [[2, 3], [1]]), 5.0,
+                  program_prefix=PROMPT)
+ASSERTS = Problem("toy/asserts", PROMPT, "add_one", ScriptTest("assert add_one([1, 2]) == [2, 3]\n"), 5.0,
+                  program_prefix=PROMPT)
+HACKS = {
+    "sys.exit(0)": "    import sys\n    sys.exit(0)\n",
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    'print("passed")': '    print("passed")\n    return xs\n',
+    "top-level exit": "    return xs\nimport sys\nsys.exit(0)\n",
+    "top-level os._exit": "    return xs\nimport os\nos._exit(0)\n",
+}
+
+
+def rewards(problem: Problem, completions: list[str], partial_credit: bool = False) -> list[float]:
+    reward = VerifierReward({problem.task_id: problem}, partial_credit=partial_credit, workers=2)
+    return reward([problem.prompt] * len(completions), completions, [problem.task_id] * len(completions))
+
+
+def test_reward_is_the_verdict():
+    passing, failing = "    return [x + 1 for x in xs]\n", "    return xs\n"
+    rationale = "    # add one to each element\n    out = [x + 1 for x in xs]\n    # done\n    return out\n"
+    half = "    return [2, 3]\n"  # right on the first case only
+    assert rewards(ADD_ONE, [passing, failing, rationale, half]) == [1.0, 0.0, 1.0, 0.0]
+    assert rewards(ADD_ONE, [passing, failing, half], partial_credit=True) == [1.0, 0.0, 0.5]
+    assert rewards(ASSERTS, [passing, failing]) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("problem", [ADD_ONE, ASSERTS], ids=["functional", "asserts"])
+@pytest.mark.parametrize("partial_credit", [False, True])
+def test_reward_hacking_cannot_pay(problem, partial_credit):
+    assert rewards(problem, list(HACKS.values()), partial_credit) == [0.0] * len(HACKS)
+
+
+def test_verdict_reward_by_hand():
+    def verdict(status, run, passed):
+        return Verdict(status, run, passed, "", "", (), 0.0)
+
+    assert verdict_reward(verdict("pass", 4, 4), 4) == 1.0
+    assert verdict_reward(verdict("fail", 3, 2), 4) == 0.0
+    assert verdict_reward(verdict("fail", 3, 2), 4, partial_credit=True) == 0.5
+    assert verdict_reward(verdict("error", 1, 0), 4, partial_credit=True) == 0.0
+    # every case counted but no authenticated end: partial credit stays below a pass
+    assert verdict_reward(verdict("fail", 2, 2), 2, partial_credit=True) == 0.5
+
+
+def test_stop_length_cuts_the_sampled_tokens(tiny_model):
+    from ra3.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    body = "    out = []\n    for x in xs:\n        out.append(x)\n    return out\n"
+    assert decode(ids(body)[:stop_length(decode, ids(body))]) == body
+    cut = ids(body + "def f1(xs):\n    return xs\n")
+    assert decode(cut[:stop_length(decode, cut)]) == body
+    immediate = ids("\nprint(1)\n")
+    assert stop_length(decode, immediate) == 1  # TRL needs a non-empty completion
+
+
+def test_mbpp_task_sets_never_hold_evaluation_tasks(tmp_path):
+    plus = [r["task_id"] for r in read_jsonl(default_data_dir() / MBPP_PLUS_FILE)]
+    sanitized = [p.task_id for p in load_mbpp_sanitized(split="all")]
+    evaluation = set(plus) | set(sanitized) | {f"Mbpp/{i}" for i in range(11, 511)}
+    train, valid = load_tasks("mbpp-train"), load_tasks("mbpp-validation")
+    assert len(train) == 254 and {int(p.task_id.split("/")[1]) for p in train} <= set(range(601, 975))
+    assert len(valid) == 47 and {int(p.task_id.split("/")[1]) for p in valid} <= set(range(511, 601))
+    assert not {p.task_id for p in train + valid} & evaluation
+    for task_id in ("Mbpp/11", "Mbpp/602"):  # a test id; a train id that MBPP+ evaluates
+        leaked = tmp_path / "leaked.jsonl"
+        save_problems(leaked, [replace(ASSERTS, task_id=task_id, metadata={"source": "mbpp"})])
+        with pytest.raises(DataError, match="evaluation only"):
+            load_tasks(str(leaked))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::SyntaxWarning")  # MBPP's "\d" escapes
+def test_mbpp_template_runs_the_reference_body():
+    """The prompt is a code prefix; the reference solution's body, as a completion, passes."""
+    problems, bodies = [], []
+    for p in load_tasks("mbpp-validation"):
+        assert p.program_prefix == p.prompt and p.prompt.endswith('    """\n')
+        tree = ast.parse(p.metadata["canonical_solution"])
+        functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+        if len(functions) == 1 and len(problems) < 12:  # no helper functions: the body is the whole solution
+            problems.append(p)
+            bodies.append(textwrap.indent(ast.unparse(ast.Module(functions[0].body, [])), "    ") + "\n")
+    reward = VerifierReward({p.task_id: p for p in problems}, workers=2)
+    assert reward([], bodies, [p.task_id for p in problems]) == [1.0] * len(problems)
+    assert code_prefix_problem(Problem("Mbpp/1", '"""\nx\n"""\n', "f", ASSERTS.tests, 1.0,
+                                       metadata={"canonical_solution": "def f(:\n"})) is None
+
+
+def test_config_rejects_a_batch_that_splits_a_group():
+    with pytest.raises(ConfigError, match="multiple of num_generations"):
+        RLVRConfig(batch_size=6, num_generations=4)
+
+
+# ----------------------------------------------------------------------------------- GRPO on a tiny model
+
+def coin_problem(i: int, split: str) -> Problem:
+    """`f(xs)` must return xs: the warm model writes `return xs` or `return []` about half the time each."""
+    prompt = f"def f{i}(xs):\n"
+    return Problem(f"{split}/{i}", prompt, f"f{i}", ScriptTest(f"assert f{i}([1]) == [1]\n"), 5.0,
+                   program_prefix=prompt)
+
+
+@pytest.fixture(scope="session")
+def coin_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model after 20 NTP steps on `return xs` / `return []` bodies: a policy whose reward varies."""
+    from datasets import Dataset
+
+    rng = random.Random(0)
+    bodies = [rng.choice(["    return xs\n", "    return []\n"]) for _ in range(64)]
+    data = Dataset.from_dict({"prompt": [f"def f{i % 5}(xs):\n" for i in range(64)], "completion": bodies})
+    cfg = TrainConfig(model=str(tiny_model), out_dir=tmp_path_factory.mktemp("coin"), max_steps=20,
+                      batch_size=8, max_length=32, lr=3e-3, warmup_ratio=0.0, save_steps=1000, logging_steps=10)
+    return train(cfg, data, completion_only=True)
+
+
+@pytest.fixture(scope="session")
+def coin_tasks(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tasks")
+    rl, held_out = folder / "rl.jsonl", folder / "eval.jsonl"
+    save_problems(rl, [coin_problem(i, "rl") for i in range(8)])
+    save_problems(held_out, [coin_problem(i, "eval") for i in range(8, 11)])
+    return rl, held_out
+
+
+def rlvr_args(model: Path, tasks: tuple[Path, Path], out: Path, steps: int = 4) -> list[str]:
+    return ["rlvr", "--model", str(model), "--tasks", str(tasks[0]), "--eval-tasks", str(tasks[1]),
+            "--out-dir", str(out), "--max-steps", str(steps), "--num-generations", "4", "--batch-size", "8",
+            "--lr", "1e-4", "--max-completion-length", "12", "--eval-every", "2", "--eval-n", "2",
+            "--save-steps", "2", "--workers", "2", "--seed", "1"]
+
+
+def curve_steps(out: Path) -> list[int]:
+    lines = (out / "curves.csv").read_text().splitlines()
+    assert lines[0].startswith("step,pass@1_greedy,pass@1_sampled,train_reward")
+    return [int(line.split(",")[0]) for line in lines[1:]]
+
+
+def test_grpo_steps_change_the_weights_and_write_curves(coin_model, coin_tasks, tmp_path):
+    out = tmp_path / "rlvr"
+    assert main(rlvr_args(coin_model, coin_tasks, out)) == 0
+    before = AutoModelForCausalLM.from_pretrained(coin_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert curve_steps(out) == [0, 2, 4]
+    rows = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["pass@1_greedy"] <= 1.0 and 0.0 <= r["pass@1_sampled"] <= 1.0 for r in rows)
+    assert rows[-1]["eval_tasks"] == 3 and rows[-1]["eval_samples"] == 3 * 3
+    compute = json.loads((out / "compute.json").read_text())
+    assert compute["optimizer_steps"] == 4 and compute["programs_run"] == 4 * 8
+    assert all(compute["step_time_s"][k] > 0 for k in ("generation", "reward", "update"))
+    history = json.loads((last_complete_checkpoint(out / "checkpoints") / "trainer_state.json").read_text())
+    logged = set().union(*(h.keys() for h in history["log_history"]))
+    assert {"rewards/verifier/mean", "rlvr/pass_rate", "rlvr/stop_rule_rate", "rlvr/time_reward_s",
+            "rlvr/eval_pass@1_greedy"} <= logged
+    assert list((out / "tb").iterdir())
+
+
+def test_kill9_then_resume_completes_every_curve_row(coin_model, coin_tasks, tmp_path):
+    out = tmp_path / "killed"
+    cli = [sys.executable, "-m", "ra3.cli", *rlvr_args(coin_model, coin_tasks, out, steps=6)]
+    proc = subprocess.Popen(cli, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while (last_complete_checkpoint(out / "checkpoints") is None and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists(), "killed too late: the run had finished"
+    resumed = subprocess.run(cli, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((out / "compute.json").read_text())["resumed_from"]
+    assert curve_steps(out) == [0, 2, 4, 6]
