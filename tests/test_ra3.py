@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -20,6 +22,35 @@ from ra3.estep import run as run_estep
 from ra3.latents import Encoder, render, score
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _commenting_program(rng: random.Random, commented: bool) -> tuple[str, str]:
+    (op, word), k = rng.choice([("+", "add"), ("*", "times"), ("-", "minus")]), rng.randint(1, 9)
+    comment = f"        # {word} {k}\n" if commented else ""
+    return (f'def f(xs):\n    """{word} {k} to each item"""\n',
+            f"    out = []\n    for x in xs:\n{comment}        out.append(x {op} {k})\n    return out\n")
+
+
+@pytest.fixture(scope="module")
+def commenting_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny model pretrained (40 steps) on programs half of which carry a comment naming the operation
+    before the line that applies it, and raw demonstrations of the same language."""
+    from datasets import Dataset
+
+    from ra3.files import write_jsonl
+    from ra3.models import init_tiny_model, save_pretrained, train_tokenizer
+    from ra3.sft import TrainConfig, train
+
+    root, rng = tmp_path_factory.mktemp("commenting"), random.Random(0)
+    texts = ["".join(_commenting_program(rng, i % 2 == 0)) for i in range(400)]
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    save_pretrained(init_tiny_model("2m", tokenizer, seed=0), tokenizer, root / "init")
+    cfg = TrainConfig(model=str(root / "init"), out_dir=root / "pt", max_steps=40, batch_size=8, max_length=128,
+                      lr=3e-3, save_steps=100, logging_steps=10)
+    model = train(cfg, Dataset.from_dict({"text": texts}), completion_only=False)
+    demos = [dict(zip(("prompt", "completion"), _commenting_program(rng, False), strict=True), task_id=f"d{i}")
+             for i in range(32)]
+    return model, write_jsonl(root / "demos.jsonl", demos)
 
 
 def ra3_args(model: Path, data: Path, out: Path) -> list[str]:
@@ -108,3 +139,18 @@ def test_kill9_resumes_each_phase_to_the_same_weights(tiny_model, toy_demos, tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((killed / "summary.json").read_text())
     assert len(summary["iterations"]) == 2 and summary["compute"]["estep"]["tokens_generated"] >= 0
+
+
+def test_switch_cost_sets_how_many_rationales_and_rl_raises_the_reward(commenting_model, tmp_path):
+    model, demos = commenting_model
+    runs = {}
+    for cost in (0.0, 5.0):
+        cfg = EStepConfig(model=str(model), demos=demos, out_dir=tmp_path / f"c{cost}", updates=4,
+                          demos_per_update=8, max_demos=32, switch_cost=cost, temperature=1.0)
+        traces = [json.loads(line) for line in run_estep(cfg).read_text().splitlines()]
+        rewards = [json.loads(line)["estep/reward"] for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+        runs[cost] = (sum(t["n_rationales"] for t in traces), rewards)
+    assert runs[0.0][0] > 5 * max(runs[5.0][0], 1) - 5 and runs[0.0][0] > runs[5.0][0]
+    # at c = 5 every sampled rationale costs more than it can buy: RL learns to stop paying for them
+    first, last = runs[5.0][1][0], runs[5.0][1][-1]
+    assert first < -0.2 and last > first + 0.2
