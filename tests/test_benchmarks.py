@@ -38,13 +38,7 @@ from ra3.sandbox import FunctionalTest, ScriptTest, StdioTest
 FIXTURES = Path(__file__).parent / "fixtures"
 EVALPLUS = default_data_dir() / "evalplus"
 # MBPP+ tasks whose canonical solution fails in our sandbox, with the reason (asserted exactly).
-MBPP_PLUS_KNOWN_FAILURES = {
-    "Mbpp/237": "returns a dict with tuple keys; the sandbox comparator accepts only str/int/bool/bytes/None keys",
-    "Mbpp/758": "returns a dict with tuple keys (as Mbpp/237)",
-    "Mbpp/391": "returns dicts with float keys (as Mbpp/237)",
-    "Mbpp/740": "returns a dict with float keys (as Mbpp/237)",
-    "Mbpp/590": "returns complex numbers, which the sandbox comparator does not accept",
-}
+MBPP_PLUS_KNOWN_FAILURES: dict[str, str] = {}
 # The CI subset: EvalPlus's special oracles, input conversions and known failures, plus every 10th task.
 MBPP_PLUS_SUBSET = {2, 7, 88, 111, 115, 124, 140, 164, 232, 237, 249, 252, 278, 295, 391, 558, 579, 580, 581,
                     590, 630, 722, 740, 758, 769, 793} | set(range(3, 800, 10))

@@ -49,7 +49,7 @@ from ra3.world.tasks import (
 
 logger = logging.getLogger(__name__)
 FILES = {"pretrain": "pretrain.jsonl", "demos": "demos.jsonl", "rl": "rl_tasks.jsonl", "eval": "eval_tasks.jsonl"}
-RECORD_BATCH = 400  # functions per sandbox run when recording outputs (one interpreter start per batch)
+RECORD_BATCH = 400  # functions per recording job: one job (and one sandbox round trip) per batch
 
 
 @dataclass
