@@ -22,11 +22,11 @@ logger = logging.getLogger(__name__)
 
 BY_HAND = """\
 The full demo is not built yet. The study's stages, by hand (embedded default, 2-core CPU):
-  ra3 world      --out-dir runs/world                                         # ~15 s
+  ra3 world      --config configs/world.yaml --out-dir runs/world              # ~15 s
   ra3 init-model --out-dir runs/init --corpus runs/world/pretrain.jsonl       # ~10 s
   ra3 pretrain   --config configs/pretrain.yaml --model runs/init --out-dir runs/base   # ~10-20 min
-  ra3 midtrain --method ntp --model runs/base/model --out-dir runs/ntp
-  ra3 midtrain --method ra3 --model runs/base/model --out-dir runs/ra3
+  ra3 midtrain --method ntp --config configs/ntp.yaml --model runs/base/model --out-dir runs/ntp
+  ra3 midtrain --method ra3 --config configs/ntp.yaml --model runs/base/model --out-dir runs/ra3
   ra3 generate --model runs/ntp/model --benchmark world --data-path runs/world --n 1 --temperature 0
   ra3 evaluate --benchmark world --data-path runs/world --samples <the generated file> --k 1
   ra3 rlvr     --model runs/ntp/model --out-dir runs/rlvr-ntp

@@ -39,23 +39,18 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EStepConfig:
-    """E-step: latent discovery by RL over expert demonstrations."""
+class EStepOptions:
+    """The E-step's own settings (shared by `ra3 estep` and `ra3 midtrain --method ra3`)."""
 
-    model: str = option("", "current model (HF dir): q starts from it, and it scores annotations (frozen)")
-    demos: Path = option(Path("runs/world/demos.jsonl"), "demonstrations: JSONL with prompt, completion "
-                         "(and optionally plan: [{start, idiom}] for boundary metrics)")
-    out_dir: Path = option(Path("runs/estep"), "output directory")
-    seed: int = option(0, "random seed")
     group_size: int = option(4, "G: annotations sampled per demonstration (GRPO group)")
     updates: int = option(16, "policy-gradient updates of q")
     demos_per_update: int = option(8, "B: demonstrations per update")
     switch_cost: float = option(0.05, "c: nats charged per rationale (paper: 0.05; ablations 0.01, 0.2)")
     kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale tokens")
-    lr: float = option(1e-4, "learning rate of q (AdamW)")
+    estep_lr: float = option(1e-4, "learning rate of the latent policy q (AdamW)")
     clip_eps: float = option(0.2, "PPO/GRPO ratio clipping")
     ppo_epochs: int = option(1, "gradient steps per batch of rollouts")
-    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    estep_max_grad_norm: float = option(1.0, "gradient clipping norm of q")
     temperature: float = option(0.7, "sampling temperature of rationale text (0 = greedy)")
     rationale_max_tokens: int = option(12, "longest rationale, in tokens")
     include_empty: bool = option(True, "the no-rationale annotation joins each group's baseline and the bootstrap")
@@ -65,15 +60,26 @@ class EStepConfig:
                             choices=("best", "sample"))
     bootstrap_samples: int = option(4, "annotations sampled per demonstration in the bootstrap pass")
     max_demos: int = option(0, "use at most this many demonstrations (0 = all)")
-    batch_size: int = option(32, "sequences per forward pass")
+    estep_batch_size: int = option(32, "sequences per E-step forward pass")
 
     def __post_init__(self):
-        for name in ("group_size", "updates", "demos_per_update", "ppo_epochs", "bootstrap_samples",
-                     "rationale_max_tokens", "batch_size"):
-            if getattr(self, name) < (0 if name == "updates" else 1):
+        for name in ("group_size", "demos_per_update", "ppo_epochs", "bootstrap_samples", "rationale_max_tokens",
+                     "estep_batch_size"):
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.switch_cost < 0 or self.kl_coef < 0:
-            raise ConfigError("switch_cost and kl_coef must be >= 0")
+        if self.updates < 0 or self.switch_cost < 0 or self.kl_coef < 0:
+            raise ConfigError("updates, switch_cost and kl_coef must be >= 0")
+
+
+@dataclass
+class EStepConfig(EStepOptions):
+    """E-step: latent discovery by RL over expert demonstrations."""
+
+    model: str = option("", "current model (HF dir): q starts from it, and it scores annotations (frozen)")
+    demos: Path = option(Path("runs/world/demos.jsonl"), "demonstrations: JSONL with prompt, completion "
+                         "(and optionally plan: [{start, idiom}] for boundary metrics)")
+    out_dir: Path = option(Path("runs/estep"), "output directory")
+    seed: int = option(0, "random seed")
 
 
 def load_demos(path: Path, max_demos: int = 0) -> list:
@@ -103,20 +109,21 @@ class EStep:
         self.scorer, self.tokenizer = load_pretrained(cfg.model, dtype=torch.float32)
         self.scorer.eval().requires_grad_(False)
         self.policy = copy.deepcopy(self.scorer).requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.estep_lr, weight_decay=0.0)
         self.enc = Encoder(self.tokenizer, demos)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.compute = {"tokens_forward": 0, "tokens_backward": 0, "tokens_generated": 0}
         plain = [self.enc.sequence(i, {}) for i in range(len(demos))]
-        self.plain_logp = score(self.scorer, self.enc, plain, cfg.batch_size).line_logp  # (D, T)
+        self.plain_logp = score(self.scorer, self.enc, plain, cfg.estep_batch_size).line_logp  # (D, T)
         self.compute["tokens_forward"] += sum(len(s.ids) for s in plain)
 
     def rollout(self, demo_ids: list[int], group: int) -> _Rollouts:
         rows = [d for d in demo_ids for _ in range(group)]
         annotations, counts = sample_annotations(self.policy, self.enc, rows, self.cfg.temperature,
-                                                 self.cfg.rationale_max_tokens, self.generator, self.cfg.batch_size)
+                                                 self.cfg.rationale_max_tokens, self.generator,
+                                                 self.cfg.estep_batch_size)
         seqs = [self.enc.sequence(r, a) for r, a in zip(rows, annotations, strict=True)]
-        scores = score(self.scorer, self.enc, seqs, self.cfg.batch_size)
+        scores = score(self.scorer, self.enc, seqs, self.cfg.estep_batch_size)
         counts["tokens_forward"] += sum(len(s.ids) for s in seqs)
         for k, v in counts.items():
             self.compute[k] += v
@@ -143,7 +150,7 @@ class EStep:
             loss = policy_gradient_loss(actions.logp, old, adv, actions.mask, cfg.clip_eps)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.estep_max_grad_norm)
             self.optimizer.step()
             n_tokens = sum(len(s.ids) for s in ro.seqs)
             self.compute["tokens_forward"] += n_tokens
@@ -242,8 +249,8 @@ def bootstrap(step: EStep, demo_ids: list[int]) -> list[dict]:
     """The M-step's traces: per demonstration, the best of `bootstrap_samples` annotations from q (the
     empty one a candidate too when include_empty), or the first sample (bootstrap=sample)."""
     cfg, records = step.cfg, []
-    for start in range(0, len(demo_ids), cfg.batch_size):
-        chunk = demo_ids[start:start + cfg.batch_size]
+    for start in range(0, len(demo_ids), cfg.estep_batch_size):
+        chunk = demo_ids[start:start + cfg.estep_batch_size]
         ro = step.rollout(chunk, cfg.bootstrap_samples)
         reward = step.rewards(ro, torch.zeros(len(ro.rows))).view(len(chunk), cfg.bootstrap_samples)
         for i, d in enumerate(chunk):

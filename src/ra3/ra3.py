@@ -26,46 +26,25 @@ from ra3.files import atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-# E-step fields whose names the M-step's TrainConfig also uses get an `estep_` prefix here.
-_RENAMED = {"lr": "estep_lr", "batch_size": "estep_batch_size", "max_grad_norm": "estep_max_grad_norm",
-            "demos": "data"}
-
-
 @dataclass
-class RA3Config(ntp.NTPConfig):
-    """RA3 mid-training: EM over demonstrations (E-step RL + bootstrap, M-step NTP on annotated traces)."""
+class RA3Config(estep.EStepOptions, ntp.NTPConfig):
+    """RA3 mid-training: EM over demonstrations (E-step RL + bootstrap, M-step NTP on annotated traces).
+
+    The M-step's fields are NTP's (`max_steps` counts M-step steps over all iterations); the E-step's are
+    `estep.EStepOptions` (its learning rate, clipping and batch carry an `estep_` prefix)."""
 
     iterations: int = option(2, "EM iterations (method.md: 2-3)")
-    group_size: int = option(4, "G: annotations sampled per demonstration (GRPO group)")
-    updates: int = option(16, "E-step policy-gradient updates per iteration")
-    demos_per_update: int = option(8, "B: demonstrations per E-step update")
-    switch_cost: float = option(0.05, "c: nats charged per rationale (paper: 0.05)")
-    kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale tokens")
-    estep_lr: float = option(1e-4, "learning rate of the latent policy q")
-    clip_eps: float = option(0.2, "PPO/GRPO ratio clipping")
-    ppo_epochs: int = option(1, "gradient steps per batch of rollouts")
-    estep_max_grad_norm: float = option(1.0, "gradient clipping norm of q")
-    temperature: float = option(0.7, "sampling temperature of rationale text")
-    rationale_max_tokens: int = option(12, "longest rationale, in tokens")
-    include_empty: bool = option(True, "the no-rationale annotation joins each group's baseline and the bootstrap")
-    credit: str = option("total", "rationale-token advantage: group total or per-rationale local credit",
-                         choices=("total", "local"))
-    bootstrap: str = option("best", "M-step trace: best of the samples, or one sample of q",
-                            choices=("best", "sample"))
-    bootstrap_samples: int = option(4, "annotations sampled per demonstration in the bootstrap pass")
-    max_demos: int = option(0, "E-step uses at most this many demonstrations (0 = all)")
-    estep_batch_size: int = option(32, "sequences per E-step forward pass")
 
     def __post_init__(self):
-        super().__post_init__()
+        ntp.NTPConfig.__post_init__(self)
+        estep.EStepOptions.__post_init__(self)
         if self.iterations < 1 or self.max_steps < self.iterations:
             raise ConfigError(f"need 1 <= iterations <= max_steps, got {self.iterations} and {self.max_steps}")
 
 
 def _estep_config(cfg: RA3Config, model: str, out_dir: Path, iteration: int) -> estep.EStepConfig:
-    values = {f.name: getattr(cfg, _RENAMED.get(f.name, f.name)) for f in fields(estep.EStepConfig)}
-    values.update(model=model, out_dir=out_dir, seed=cfg.seed + iteration)
-    return estep.EStepConfig(**values)
+    options = {f.name: getattr(cfg, f.name) for f in fields(estep.EStepOptions)}
+    return estep.EStepConfig(**options, model=model, demos=cfg.data, out_dir=out_dir, seed=cfg.seed + iteration)
 
 
 def _mstep_config(cfg: RA3Config, model: str, traces: Path, out_dir: Path, steps: int) -> ntp.NTPConfig:
