@@ -83,8 +83,8 @@ def test_kill9_then_resume_equals_uninterrupted(tiny_model, toy_demos, tmp_path)
 def test_two_process_accelerate_launch(tiny_model, toy_demos, tmp_path):
     # `--cpu` would pick accelerate's single-process launcher; `--multi_gpu` with no visible GPU runs
     # torchrun with the gloo backend on CPU.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ra3.cli"]
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "ra3.cli"]
     run = subprocess.run([*launch, *ntp_args(tiny_model, toy_demos, tmp_path / "ddp", steps=4)], env=ENV,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -93,3 +93,11 @@ def test_two_process_accelerate_launch(tiny_model, toy_demos, tmp_path):
     assert ranks[0]["data_sha256"] != ranks[1]["data_sha256"]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    kinds = {p.stem: load_config_from_file(str(p)).distributed_type.value for p in sorted(root.glob("*.yaml"))}
+    assert kinds == {"cpu_2proc": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}

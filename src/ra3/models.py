@@ -203,20 +203,35 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _portable_tokenizer_class(tmp / "tokenizer_config.json")
+        model.save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return publish_model_dir(staging, tokenizer, out, extra_files)
+
+
+def publish_model_dir(staging: str | Path, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+                      extra_files: Mapping[str, str] | None = None) -> Path:
+    """Complete a directory that holds saved weights (tokenizer, extra files) and rename it to `out_dir`.
+
+    Trainers save weights themselves (FSDP/DeepSpeed gather shards across ranks), into `staging`; this
+    finishes the directory and swaps it into place, so readers never see a partial model directory.
+    """
+    staging, out = Path(staging), Path(out_dir)
+    try:
+        tokenizer.save_pretrained(staging)
+        _portable_tokenizer_class(staging / "tokenizer_config.json")
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a model directory is for everyone to read
-        old = tmp.with_suffix(".old")
+            (staging / name).write_text(text)
+        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; a model directory is for everyone to read
+        old = staging.with_suffix(".old")
         if out.exists():
             out.rename(old)
-        tmp.rename(out)
+        staging.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
     return out

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 class PretrainConfig(TrainConfig):
     """Next-token prediction on every token of a text corpus."""
 
+    max_steps: int = option(120, "optimiser steps (the default, ~1M tokens, runs in about 4 min on 2 CPU "
+                            "cores; configs/pretrain.yaml's 366 steps make the benchmarked base)")
     data: Path = option(Path("runs/world/pretrain.jsonl"), "corpus: JSONL records with a 'text' field")
     stdlib_fraction: float = option(0.0, "extra real Python: standard-library files amounting to this "
                                     "fraction of the corpus's characters")

@@ -9,7 +9,8 @@ DeepSpeed configs). What it does not do, and this module adds:
 1. Atomic checkpoints. Trainer writes `checkpoint-N/` in place and `trainer_state.json` last. We count a
    checkpoint as complete only when that file parses, and remove incomplete ones before resuming, so a
    `kill -9` mid-save costs at most the interval since the last complete checkpoint.
-2. The final model is written by `models.save_pretrained` (temporary directory, then rename).
+2. The final model is saved by Trainer (so FSDP/DeepSpeed shards are gathered) into a staging directory
+   that `models.publish_model_dir` completes and renames into place.
 3. Compute accounting (`compute.json`): tokens forward/backward, optimiser steps, wall time, so that the
    NTP and RA3 arms can be compared at stated, checkable equal compute.
 """
@@ -31,7 +32,7 @@ from datasets import Dataset
 
 from ra3.config import ConfigError, option
 from ra3.files import atomic_write_text, provenance
-from ra3.models import load_pretrained, save_pretrained
+from ra3.models import load_pretrained, publish_model_dir
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -160,8 +161,10 @@ def train(cfg: TrainConfig, dataset: Dataset, completion_only: bool, data_path: 
         logger.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     _write_rank_audit(trainer, out_dir)
+    staging = out_dir / ".model.staging"
+    trainer.save_model(str(staging))  # on every rank: under FSDP/DeepSpeed the ranks gather the weights
     if trainer.is_world_process_zero():
-        save_pretrained(trainer.model, tokenizer, final)
+        publish_model_dir(staging, tokenizer, final)
         state = trainer.state
         tokens = int(state.num_input_tokens_seen)
         compute = {"optimizer_steps": state.global_step, "tokens_forward": tokens, "tokens_backward": tokens,
