@@ -1,6 +1,6 @@
 """Stage `ra3 world`: the synthetic code world, the embedded default of the whole pipeline.
 
-Tasks are Python functions `f(xs)` over a list of ints whose expert solutions compose 3-5 multi-line
+Tasks are Python functions `f(xs)` over a list of ints whose expert solutions compose 2-3 (configurable) multi-line
 idioms (`idioms.py`); the true plan (idiom sequence and line spans) is stored with each task, as ground
 truth for latent recovery. Files written to `out_dir`:
 - `pretrain.jsonl`: {task_id, text, commented}: whole programs; in about half of them (`comment_rate`) a
@@ -14,7 +14,7 @@ truth for latent recovery. Files written to `out_dir`:
 Design choices (world-notes.md) and departures from the paper:
 1. The paper mid-trains on real Python; at CPU scale the world is synthetic so that the plan is known and
    a 2M-parameter model can learn it. Its design makes the plan the bottleneck: goal-style statements
-   (`goal_fraction`) from which the plan must be inferred, 3-5 steps per program, fixed variable names and
+   (`goal_fraction`) from which the plan must be inferred, 2-3 steps per program by default, fixed variable names and
    few constants, so detail errors are rare.
 2. Compositions (idiom sequences) are disjoint between splits, so held-out tasks need unseen plans.
 3. RL and held-out tasks have informative tests, chosen among random inputs: the outputs are not all
@@ -62,12 +62,13 @@ class WorldConfig:
     demos: int = option(4000, "mid-training demonstrations (raw expert code)")
     rl_tasks: int = option(500, "RL training tasks (with tests)")
     eval_tasks: int = option(400, "held-out evaluation tasks (with tests; >= 300 for statistical power)")
-    min_steps: int = option(3, "fewest idioms per program")
-    max_steps: int = option(5, "most idioms per program")
+    min_steps: int = option(2, "fewest idioms per program")
+    max_steps: int = option(3, "most idioms per program (at the CPU budget, 3-5 left no measurable room: "
+                            "BENCHMARKS.md)")
     max_lines: int = option(25, "longest function body, in lines (longer plans are redrawn)")
     final_rate: float = option(0.75, "share of programs whose last idiom reduces the list (total, join, ...); "
                                "the others return the list")
-    goal_fraction: float = option(0.5, "share of goal-style statements (one nested phrase; the plan must be "
+    goal_fraction: float = option(0.3, "share of goal-style statements (one nested phrase; the plan must be "
                                   "inferred); the others list the steps in order")
     comment_rate: float = option(0.5, "share of pretraining programs with a comment before each idiom "
                                  "(world-notes: keep near 1/2 so the scorer still uses comments)")
