@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ra3.models import causal_logits, encode, encode_lines, pad_rows, split_lines, token_logprobs
+from ra3.rationales import indent_of, insert_rationales, rationale_line
 
 
 @dataclass(frozen=True)
@@ -58,24 +59,9 @@ class Sequence:
     rationale_span: dict[int, tuple[int, int]] = field(default_factory=dict)  # t -> [start, end) of h + text
 
 
-def rationale_line(indent: str, text: str) -> str:
-    """The comment line a rationale is written as: `<indent># <text>\\n` (valid Python, method.md §2)."""
-    text = " ".join(text.split())
-    return f"{indent}# {text}\n" if text else f"{indent}#\n"
-
-
 def render(demo: Demo, rationales: dict[int, str]) -> str:
     """The annotated completion: each rationale's comment line before the line it precedes."""
-    out = []
-    for t, line in enumerate(demo.lines):
-        if t in rationales:
-            out.append(rationale_line(_indent(line), rationales[t]))
-        out.append(line)
-    return "".join(out)
-
-
-def _indent(line: str) -> str:
-    return line[: len(line) - len(line.lstrip(" \t"))]
+    return insert_rationales(demo.lines, rationales)
 
 
 class Encoder:
@@ -91,7 +77,7 @@ class Encoder:
         lines = [encode_lines(self.tokenizer, line)[0] for line in demo.lines]
         shared, hashes, indents = [], [], []
         for line, ids in zip(demo.lines, lines, strict=True):
-            indent = _indent(line)
+            indent = indent_of(line)
             head = self._line_ids(indent, "x")  # how any rationale line before this one starts
             m = next((k for k, (a, b) in enumerate(zip(head, ids, strict=False)) if a != b), min(len(head), len(ids)))
             if m >= len(head) - 1 or m >= len(ids):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from string import Template
 
+from ra3.rationales import insert_rationales
 from ra3.world.idioms import FINALS, TRANSFORMS, Idiom, Step, sample_step
 
 SPLITS = ("pretrain", "demos", "rl", "eval")
@@ -121,26 +122,10 @@ def sample_task(rng: random.Random, split: str, index: int, seed: int, *, min_st
             return task
 
 
-def comment_line(indent: str, text: str) -> str:
-    """A rationale as a comment line: `<indent># <text>` (the format of method.md §2)."""
-    return f"{indent}# {text}\n"
-
-
 def annotate(completion: str, comments: dict[int, str]) -> str:
-    """Insert `# text` before line `t` of `completion` for each `t: text`, at line t's indentation.
-
-    The result is valid Python whenever `completion` is (a comment changes no statement), and it runs
-    the same; every comment sits at the indentation of the line it precedes, as RA3's rationales do.
-    """
-    lines = completion.splitlines(keepends=True)
-    if any(not 0 <= t < len(lines) for t in comments):
-        raise ValueError(f"comment lines {sorted(comments)} outside the completion's {len(lines)} lines")
-    out = []
-    for t, line in enumerate(lines):
-        if t in comments:
-            out.append(comment_line(line[: len(line) - len(line.lstrip(" \t"))], comments[t]))
-        out.append(line)
-    return "".join(out)
+    """Insert `# text` before line `t` of `completion` for each `t: text`, at line t's indentation (the
+    rationale format of `ra3.rationales`, which the E-step writes too)."""
+    return insert_rationales(completion.splitlines(keepends=True), comments)
 
 
 def pretraining_comments(task: Task, rng: random.Random) -> dict[int, str]:
