@@ -92,6 +92,24 @@ def test_scores_leave_lines_before_the_first_rationale_unchanged(tiny_model, toy
     assert not torch.allclose(s[0, 2:], s[1, 2:], atol=1e-5, rtol=0)
 
 
+def test_local_credit_with_demos_of_different_lengths(tiny_model, toy_demos, tmp_path):
+    """A rollout batch is padded to its own longest demo, the plain scores to the longest of all: the
+    credit of a rationale sums the gain over the lines it governs of its own demo only."""
+    from ra3.estep import EStep, _Rollouts, local_credits
+    from ra3.files import read_jsonl, write_jsonl
+
+    records = read_jsonl(toy_demos)[:2]
+    records[1]["completion"] += "    out = out\n    out = out\n    return out\n"  # 7 lines against 4
+    demos = write_jsonl(tmp_path / "demos.jsonl", records)
+    step = EStep(EStepConfig(model=str(tiny_model), demos=demos, out_dir=tmp_path), load_demos(demos))
+    assert step.plain_logp.shape[1] == 7
+    seq = step.enc.sequence(0, {2: "append"})
+    line_logp = score(step.scorer, step.enc, [seq]).line_logp  # (1, 4)
+    credit = local_credits(step, _Rollouts([0], [{2: "append"}], [seq], line_logp, [{}]))
+    gain = line_logp[0, 2:4] - step.plain_logp[0, 2:4]
+    assert credit[0].keys() == {2} and credit[0][2] == pytest.approx(gain.sum().item() - step.cfg.switch_cost, abs=1e-5)
+
+
 def test_governed_lines():
     assert governed_lines([0, 3, 4], 7) == [3, 1, 3]
     assert governed_lines([], 5) == []

@@ -20,7 +20,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "generate": ("ra3.generate", "GenerateConfig", "sample n completions per benchmark task -> samples JSONL"),
     "rlvr": ("ra3.rlvr", "RLVRConfig", "RLVR: GRPO with the sandboxed verifier's verdict as the reward"),
     "evaluate": ("ra3.evaluate", "EvaluateConfig", "run samples against a benchmark's tests; pass@k"),
-    "demo": ("ra3.demo", "DemoConfig", "the whole study on the embedded default"),
+    "report": ("ra3.report", "ReportConfig", "report.md/report.html with plots from a demo run directory"),
+    "demo": ("ra3.demo", "DemoConfig", "the whole study in one command (embedded default), with a report"),
 }
 # `ra3 midtrain --method M`: each method is its own stage with its own config.
 METHODS: dict[str, tuple[str, str]] = {"ntp": ("ra3.ntp", "NTPConfig"), "ra3": ("ra3.ra3", "RA3Config")}

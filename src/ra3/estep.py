@@ -8,7 +8,9 @@ the best-scoring annotation (or a sample) as the M-step's trace.
 
 Departures from the paper (every one a config field where it is a choice):
 1. Steps are source lines only (method.md's statement/token-chunk granularities are not built).
-2. Rollouts are synchronous and on one device; the paper's are asynchronous.
+2. Rollouts are synchronous and run in one process on its device (the main process's GPU under
+   `accelerate launch`, else the CPU); the paper's are asynchronous and distributed. The GPU placement
+   is untested here (no GPU was lent to this project's CPU sessions).
 3. The reward subtracts the annotation-free log-likelihood (a per-demonstration constant), and the empty
    annotation joins every group's baseline and the bootstrap's candidates (`include_empty`); it is not
    a sample of q, so it never enters the policy-gradient loss.
@@ -28,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from ra3.config import ConfigError, option, save_config
-from ra3.files import DataError, atomic_write_text, provenance, read_jsonl, write_jsonl
+from ra3.files import DataError, atomic_write_text, provenance, read_records, write_jsonl
 from ra3.latents import Encoder, action_logprobs, render, sample_annotations, score, split_demo
 from ra3.models import load_pretrained
 from ra3.objectives import estep_reward, group_advantages, kl_k3, policy_gradient_loss, rationale_credit
@@ -51,11 +54,14 @@ class EStepOptions:
     clip_eps: float = option(0.2, "PPO/GRPO ratio clipping")
     ppo_epochs: int = option(1, "gradient steps per batch of rollouts")
     estep_max_grad_norm: float = option(1.0, "gradient clipping norm of q")
-    temperature: float = option(0.7, "sampling temperature of rationale text (0 = greedy)")
+    temperature: float = option(0.5, "sampling temperature of rationale text (0 = greedy); 0.5 wrote the right "
+                                "idiom more often than 0.7 on the embedded default (BENCHMARKS.md)")
     rationale_max_tokens: int = option(12, "longest rationale, in tokens")
     include_empty: bool = option(True, "the no-rationale annotation joins each group's baseline and the bootstrap")
-    credit: str = option("total", "advantage of rationale tokens: group-normalised total reward, or "
-                         "per-rationale local credit", choices=("total", "local"))
+    credit: str = option("local", "advantage of rationale tokens: per-rationale local credit (gain on the lines "
+                         "it governs minus c), or the group-normalised total reward (with total, RL on the "
+                         "embedded default learnt to stop writing rationales; BENCHMARKS.md)",
+                         choices=("total", "local"))
     bootstrap: str = option("best", "M-step trace per demonstration: best of the samples, or one sample of q",
                             choices=("best", "sample"))
     bootstrap_samples: int = option(4, "annotations sampled per demonstration in the bootstrap pass")
@@ -84,7 +90,7 @@ class EStepConfig(EStepOptions):
 
 def load_demos(path: Path, max_demos: int = 0) -> list:
     """Demonstrations as `latents.Demo`s (errors name file and line)."""
-    records = read_jsonl(path, required=("prompt", "completion"))
+    records = read_records(path, required=("prompt", "completion"))
     if not records:
         raise DataError(f"{path}: no demonstrations")
     records = records[:max_demos] if max_demos else records
@@ -106,12 +112,13 @@ class EStep:
 
     def __init__(self, cfg: EStepConfig, demos: list):
         self.cfg = cfg
-        self.scorer, self.tokenizer = load_pretrained(cfg.model, dtype=torch.float32)
+        device = PartialState().device  # this process's accelerator (cuda:<local rank>), or the CPU
+        self.scorer, self.tokenizer = load_pretrained(cfg.model, dtype=torch.float32, device=device)
         self.scorer.eval().requires_grad_(False)
         self.policy = copy.deepcopy(self.scorer).requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.estep_lr, weight_decay=0.0)
         self.enc = Encoder(self.tokenizer, demos)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.compute = {"tokens_forward": 0, "tokens_backward": 0, "tokens_generated": 0}
         plain = [self.enc.sequence(i, {}) for i in range(len(demos))]
         self.plain_logp = score(self.scorer, self.enc, plain, cfg.estep_batch_size).line_logp  # (D, T)
@@ -162,7 +169,7 @@ class EStep:
         kl = torch.zeros(len(ro.rows))
         for i, ref in enumerate(ro.rationale_logp_ref):
             for t, logp_ref in ref.items():
-                logp_q = actions.logp[i][actions.owner[i] == t].detach()
+                logp_q = actions.logp[i][actions.owner[i] == t].detach().cpu()
                 kl[i] += kl_k3(logp_q, logp_ref).sum()
         return kl
 
@@ -180,7 +187,7 @@ class EStep:
             for i, row in enumerate(credit):
                 for t, c in row.items():
                     adv[i][actions.owner[i] == t] = (c - mean) / std
-        return adv
+        return adv.to(actions.logp.device)
 
 
 def local_credits(step: EStep, ro: _Rollouts) -> list[dict[int, float]]:
@@ -192,7 +199,7 @@ def local_credits(step: EStep, ro: _Rollouts) -> list[dict[int, float]]:
         if not starts:
             out.append({})
             continue
-        gain = (ro.line_logp[i] - step.plain_logp[ro.rows[i]])[:n_lines]
+        gain = ro.line_logp[i, :n_lines] - step.plain_logp[ro.rows[i], :n_lines]
         governs = torch.zeros(len(starts), n_lines)
         for k, (t, span) in enumerate(zip(starts, governed_lines(starts, n_lines), strict=True)):
             governs[k, t: t + span] = 1
@@ -248,8 +255,10 @@ def boundary_metrics(demos: list, annotations: list[dict[int, str]]) -> dict:
 def bootstrap(step: EStep, demo_ids: list[int]) -> list[dict]:
     """The M-step's traces: per demonstration, the best of `bootstrap_samples` annotations from q (the
     empty one a candidate too when include_empty), or the first sample (bootstrap=sample)."""
+    from tqdm import tqdm
+
     cfg, records = step.cfg, []
-    for start in range(0, len(demo_ids), cfg.estep_batch_size):
+    for start in tqdm(range(0, len(demo_ids), cfg.estep_batch_size), desc="E-step bootstrap", unit="batch"):
         chunk = demo_ids[start:start + cfg.estep_batch_size]
         ro = step.rollout(chunk, cfg.bootstrap_samples)
         reward = step.rewards(ro, torch.zeros(len(ro.rows))).view(len(chunk), cfg.bootstrap_samples)
@@ -266,11 +275,21 @@ def bootstrap(step: EStep, demo_ids: list[int]) -> list[dict]:
 
 
 def run(cfg: EStepConfig) -> Path:
-    """Run the E-step; returns annotations.jsonl (the M-step's traces). A finished run returns at once."""
+    """Run the E-step; returns annotations.jsonl (the M-step's traces). A finished run returns at once.
+
+    Under `accelerate launch` (RA3's M-step is distributed) the main process runs the E-step on its
+    device and the other processes wait for its traces (departure 2)."""
     out = Path(cfg.out_dir)
+    state = PartialState()
     if (out / "annotations.jsonl").is_file():
         logger.info("%s is finished; skipping", out)
-        return out / "annotations.jsonl"
+    elif state.is_main_process:
+        _run_main(cfg, out)
+    state.wait_for_everyone()
+    return out / "annotations.jsonl"
+
+
+def _run_main(cfg: EStepConfig, out: Path) -> Path:
     torch.manual_seed(cfg.seed)
     save_config(cfg, out / "config.yaml")
     demos = load_demos(cfg.demos, cfg.max_demos)

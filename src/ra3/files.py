@@ -71,6 +71,28 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[st
     return list(iter_jsonl(path, required))
 
 
+HF_PREFIX = "hf:"
+
+
+def read_records(source: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Records of a JSONL file, or of a Hugging Face dataset named `hf:NAME[:SPLIT]` (NAME: a hub id or a
+    local dataset directory; SPLIT default train), read with `datasets.load_dataset`."""
+    spec = str(source)
+    if not spec.startswith(HF_PREFIX):
+        return read_jsonl(source, required)
+    name, _, split = spec[len(HF_PREFIX):].partition(":")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise DataError(f"{spec}: cannot load the dataset ({str(e).splitlines()[0]})") from None
+    missing = [k for k in required if k not in dataset.column_names]
+    if missing:
+        raise DataError(f"{spec}: missing field '{missing[0]}' (columns: {', '.join(dataset.column_names)})")
+    return list(dataset)
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, recorded beside artifacts so a reader knows which data made them."""
     h = hashlib.sha256()
@@ -92,8 +114,11 @@ def git_sha() -> str | None:
 
 
 def provenance(seed: int, **data: str | Path) -> dict[str, Any]:
-    """What made an artifact: ra3 version, git SHA, seed, and the SHA-256 of each named input file."""
+    """What made an artifact: ra3 version, git SHA, seed, the SHA-256 of each named input file, and the
+    name of each input that is not a local file (an `hf:` dataset)."""
     from ra3 import __version__
 
     hashes = {name: file_sha256(path) for name, path in data.items() if Path(path).is_file()}
-    return {"ra3_version": __version__, "git_sha": git_sha(), "seed": seed, "data_sha256": hashes}
+    sources = {name: str(path) for name, path in data.items() if name not in hashes}
+    return {"ra3_version": __version__, "git_sha": git_sha(), "seed": seed, "data_sha256": hashes,
+            **({"data_sources": sources} if sources else {})}

@@ -72,6 +72,9 @@ class Encoder:
         self.demos = demos
         self._rationale_cache: dict[tuple[str, str], list[int]] = {}
         self._tokens = [self._demo_tokens(d) for d in demos]
+        # a rationale ends at its line's end: generation stops at any token that holds a newline
+        vocab = tokenizer.get_vocab()
+        self.line_end_ids = sorted(i for t, i in vocab.items() if "\n" in tokenizer.convert_tokens_to_string([t]))
 
     def _demo_tokens(self, demo: Demo) -> _Tokens:
         lines = [encode_lines(self.tokenizer, line)[0] for line in demo.lines]
@@ -168,7 +171,7 @@ def _first_rationale(logp: torch.Tensor, seq: Sequence, enc: Encoder, demo: int,
     """Draw CONTINUE/rationale at boundaries start, start+1, ...; the first rationale's line, or None."""
     for t in range(start, len(seq.decision_pos)):
         p_comment = logp[seq.decision_pos[t], enc.hash_token(demo, t)].exp().item()
-        if torch.rand((), generator=generator).item() < p_comment:
+        if torch.rand((), generator=generator, device=generator.device).item() < p_comment:
             return t
     return None
 
@@ -188,7 +191,8 @@ def _write_rationales(policy, enc: Encoder, demo_rows, annotations, writes, temp
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 \
         else {"do_sample": False}
     out = policy.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
-                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
+                          pad_token_id=tok.pad_token_id, eos_token_id=[tok.eos_token_id, *enc.line_end_ids],
+                          **sampling)
     new = out[:, ids.shape[1]:]
     texts = [tok.decode(row, skip_special_tokens=True).split("\n")[0].strip() for row in new]
     return texts, int((new != tok.pad_token_id).sum())
@@ -207,7 +211,7 @@ class Scores:
 @torch.no_grad()
 def score(model, enc: Encoder, seqs: list[Sequence], batch_size: int = 32) -> Scores:
     """One teacher-forced forward pass of the frozen model per batch: code log-likelihood per line and the
-    log-probs of the rationale tokens (conditioned on, not scored; used for the KL term)."""
+    log-probs of the rationale tokens (conditioned on, not scored; used for the KL term), on the CPU."""
     n_lines = max(len(s.decision_pos) for s in seqs)
     line_logp, rationale_logp = [], []
     for chunk in _chunks(seqs, batch_size):
@@ -216,9 +220,9 @@ def score(model, enc: Encoder, seqs: list[Sequence], batch_size: int = 32) -> Sc
         line = pad_rows([s.code_line[1:] for s in chunk], -1).to(model.device)  # (n, T-1)
         sums = logp.new_zeros(len(chunk), n_lines + 1)
         sums.scatter_add_(1, line + 1, logp)  # column 0 collects prompt, rationale and padding tokens
-        line_logp.append(sums[:, 1:])
+        line_logp.append(sums[:, 1:].cpu())  # scores live on the CPU: rewards are small bookkeeping
         for i, s in enumerate(chunk):
-            rationale_logp.append({t: logp[i, a - 1:b - 1] for t, (a, b) in s.rationale_span.items()})
+            rationale_logp.append({t: logp[i, a - 1:b - 1].cpu() for t, (a, b) in s.rationale_span.items()})
     return Scores(torch.cat(line_logp), rationale_logp)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from ra3.config import option, save_config
-from ra3.files import DataError, read_jsonl
+from ra3.files import DataError, read_records
 from ra3.sft import TrainConfig, train
 
 
@@ -20,12 +20,13 @@ from ra3.sft import TrainConfig, train
 class NTPConfig(TrainConfig):
     """NTP mid-training on demonstrations (JSONL records with 'prompt' and 'completion')."""
 
-    data: Path = option(Path("runs/world/demos.jsonl"), "demonstrations: JSONL with 'prompt' and 'completion'")
+    data: Path = option(Path("runs/world/demos.jsonl"), "demonstrations with 'prompt' and 'completion': a JSONL file "
+                        "or an HF dataset hf:NAME[:SPLIT]")
 
 
 def load_demonstrations(path: Path) -> Dataset:
     """Prompt/completion records as a datasets.Dataset (errors name the file and line)."""
-    records = read_jsonl(path, required=("prompt", "completion"))
+    records = read_records(path, required=("prompt", "completion"))
     if not records:
         raise DataError(f"{path}: no demonstrations")
     return Dataset.from_dict({"prompt": [r["prompt"] for r in records],

@@ -16,7 +16,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from ra3.config import option, save_config
-from ra3.files import DataError, read_jsonl
+from ra3.files import DataError, read_records
 from ra3.sft import TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _stdlib_texts(n_chars: int, seed: int) -> list[str]:
 
 def run(cfg: PretrainConfig) -> Path:
     """Pretrain `cfg.model` on `cfg.data`; returns the HF model directory."""
-    texts = [r["text"] for r in read_jsonl(cfg.data, required=("text",))]
+    texts = [r["text"] for r in read_records(cfg.data, required=("text",))]
     if not texts:
         raise DataError(f"{cfg.data}: no records")
     if cfg.stdlib_fraction > 0:

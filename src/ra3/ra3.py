@@ -11,6 +11,9 @@ extra and is reported beside it (tokens forward/backward/generated, wall time) i
 Departures from the paper:
 1. Each M-step continues from the previous iteration's model (the paper's EM schedule at scale is not
    specified in more detail); the learning-rate schedule restarts each iteration.
+2. With `shard_demos` (default) iteration i annotates and trains on its own disjoint shard of the
+   demonstrations, so over all iterations RA3 sees the same demonstrations as NTP, each once, and the
+   bootstrap (most of the E-step's cost) runs once per demonstration instead of once per iteration.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from ra3 import estep, ntp
 from ra3.config import ConfigError, option, save_config
-from ra3.files import atomic_write_text, read_jsonl
+from ra3.files import DataError, atomic_write_text, read_jsonl, read_records, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ class RA3Config(estep.EStepOptions, ntp.NTPConfig):
     `estep.EStepOptions` (its learning rate, clipping and batch carry an `estep_` prefix)."""
 
     iterations: int = option(2, "EM iterations (method.md: 2-3)")
+    shard_demos: bool = option(True, "iteration i annotates and trains on its own disjoint 1/iterations "
+                               "of the demonstrations (false: every iteration annotates all of them)")
 
     def __post_init__(self):
         ntp.NTPConfig.__post_init__(self)
@@ -42,9 +47,22 @@ class RA3Config(estep.EStepOptions, ntp.NTPConfig):
             raise ConfigError(f"need 1 <= iterations <= max_steps, got {self.iterations} and {self.max_steps}")
 
 
-def _estep_config(cfg: RA3Config, model: str, out_dir: Path, iteration: int) -> estep.EStepConfig:
+def _estep_config(cfg: RA3Config, model: str, demos: Path, out_dir: Path, iteration: int) -> estep.EStepConfig:
     options = {f.name: getattr(cfg, f.name) for f in fields(estep.EStepOptions)}
-    return estep.EStepConfig(**options, model=model, demos=cfg.data, out_dir=out_dir, seed=cfg.seed + iteration)
+    return estep.EStepConfig(**options, model=model, demos=demos, out_dir=out_dir, seed=cfg.seed + iteration)
+
+
+def _demo_shards(cfg: RA3Config, out: Path) -> list[Path]:
+    """Per iteration, the demonstrations it annotates: disjoint contiguous shards, or all of them."""
+    if not cfg.shard_demos or cfg.iterations == 1:
+        return [cfg.data] * cfg.iterations
+    records = read_records(cfg.data, required=("prompt", "completion"))
+    if len(records) < cfg.iterations:
+        raise DataError(f"{cfg.data}: {len(records)} demonstrations cannot fill {cfg.iterations} shards")
+    bounds = [len(records) * i // cfg.iterations for i in range(cfg.iterations + 1)]
+    return [out / f"iter{i}" / "demos.jsonl" if (out / f"iter{i}" / "demos.jsonl").is_file()
+            else write_jsonl(out / f"iter{i}" / "demos.jsonl", records[bounds[i]:bounds[i + 1]])
+            for i in range(cfg.iterations)]
 
 
 def _mstep_config(cfg: RA3Config, model: str, traces: Path, out_dir: Path, steps: int) -> ntp.NTPConfig:
@@ -66,16 +84,21 @@ def _iteration_summary(it_dir: Path) -> dict:
     return summary
 
 
+def final_model_dir(cfg: RA3Config) -> Path:
+    """Where the last iteration's M-step writes the RA3 model."""
+    return Path(cfg.out_dir) / f"iter{cfg.iterations - 1}" / "mstep" / "model"
+
+
 def run(cfg: RA3Config) -> Path:
     """Run the EM loop; returns the final model directory. Finished phases are skipped on a rerun."""
     out = Path(cfg.out_dir)
     save_config(cfg, out / "config.yaml")
     steps = [cfg.max_steps // cfg.iterations + (i < cfg.max_steps % cfg.iterations) for i in range(cfg.iterations)]
-    model, summaries = cfg.model, []
+    model, summaries, shards = cfg.model, [], _demo_shards(cfg, out)
     for it in range(cfg.iterations):
         it_dir = out / f"iter{it}"
         logger.info("RA3 iteration %d/%d: E-step", it + 1, cfg.iterations)
-        traces = estep.run(_estep_config(cfg, model, it_dir / "estep", it))
+        traces = estep.run(_estep_config(cfg, model, shards[it], it_dir / "estep", it))
         logger.info("RA3 iteration %d/%d: M-step (%d steps)", it + 1, cfg.iterations, steps[it])
         model = str(ntp.run(_mstep_config(cfg, model, traces, it_dir / "mstep", steps[it])))
         summaries.append(_iteration_summary(it_dir))

@@ -98,11 +98,11 @@ class RLVRConfig:
     seed: int = option(0, "random seed (task order, sampling)")
     max_steps: int = option(100, "optimiser steps")
     num_generations: int = option(8, "G: completions sampled per task (the GRPO group)")
-    batch_size: int = option(16, "completions per device per micro-step (batch_size * grad_accum must be a "
+    batch_size: int = option(32, "completions per device per micro-step (batch_size * grad_accum must be a "
                              "multiple of num_generations)")
     grad_accum: int = option(1, "micro-steps per optimiser step")
-    lr: float = option(1e-4, "learning rate (AdamW, constant); set for the 2M-parameter CPU models (1e-3 "
-                       "collapsed one in a probe); 1B+ models want ~1e-6")
+    lr: float = option(3e-5, "learning rate (AdamW, constant); set for the 2M-parameter CPU models (1e-4 "
+                       "lost half the held-out pass@1 in 30 steps; BENCHMARKS.md); 1B+ models want ~1e-6")
     beta: float = option(0.0, "KL coefficient to the starting policy (0: no reference model)")
     epsilon: float = option(0.2, "clipping range of the importance ratio")
     loss_type: str = option("dapo", "TRL loss aggregation", choices=("grpo", "dapo", "dr_grpo", "bnpo"))

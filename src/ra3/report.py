@@ -1,0 +1,389 @@
+"""Stage `ra3 report`: report.md, report.html and PNG plots from a demo run directory.
+
+Every number is read from the files the stages wrote (`*_metrics.json`, `curves.csv`, E-step
+`metrics.jsonl` and `annotations.jsonl`, `compute.json`, `timings.json`), so rerunning the report on the
+same directory gives the same report, and every figure in it can be traced to a file. The report is
+built once as a list of blocks and rendered twice (Markdown and HTML), so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ra3.config import option
+from ra3.files import DataError, atomic_write_text, read_jsonl
+
+ARMS = ("base", "ntp", "ra3", "ntp+rlvr", "ra3+rlvr")
+LABELS = {"base": "base", "ntp": "NTP", "ra3": "RA3", "ntp+rlvr": "NTP + RLVR", "ra3+rlvr": "RA3 + RLVR"}
+RATIONALE_STATS = (("estep/elbo_gain", "ELBO gain over no rationales (nats)"),
+                   ("estep/rationales_per_program", "rationales per program"),
+                   ("estep/lines_per_rationale", "lines governed per rationale"),
+                   ("estep/rationale_tokens", "tokens per rationale"),
+                   ("estep/boundary_precision", "boundary precision"), ("estep/boundary_recall", "boundary recall"),
+                   ("estep/boundary_f1", "boundary F1"), ("estep/rationale_names_idiom", "names the idiom"))
+
+
+@dataclass
+class ReportConfig:
+    """Which demo run to report on."""
+
+    run_dir: Path = option(Path("runs/demo"), "a `ra3 demo` output directory")
+
+
+# --------------------------------------------------------------------------- small statistics
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float], digits: int = 3, expected: int | None = None) -> str:
+    """`mean ± std` of per-seed values (a single value as is), with `(n of N seeds)` when some are missing;
+    `-` when there are none or a value is not a number."""
+    if not values or any(math.isnan(v) for v in values):
+        return "-"
+    m, s = mean_std(values)
+    text = f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+    return text + (f" ({len(values)} of {expected} seeds)" if expected and len(values) < expected else "")
+
+
+def steps_to_threshold(steps: list[int], values: list[float], threshold: float) -> int | None:
+    """First evaluated step whose value reaches `threshold` (None if never)."""
+    return next((s for s, v in zip(steps, values, strict=True) if v >= threshold), None)
+
+
+# --------------------------------------------------------------------------- reading the run
+
+class Run:
+    """The files of one demo run, read on demand."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.config = yaml.safe_load((root / "config.yaml").read_text())
+        self.seeds, self.benchmarks = self.config["seeds"], self.config["benchmarks"]
+
+    def eval_dir(self, arm: str, seed: int) -> Path:
+        return self.root / "eval" / (arm if arm == "base" else f"{arm}-s{seed}")
+
+    def first_metrics(self, bench: str, mode: str) -> dict | None:
+        """The first `*_metrics.json` of this benchmark and mode over the arms and seeds (None: none yet)."""
+        for arm in ARMS:
+            for seed in self.seeds:
+                path = self.eval_dir(arm, seed) / f"{bench}-{mode}_metrics.json"
+                if path.is_file():
+                    return json.loads(path.read_text())
+        return None
+
+    def reported(self, arm: str, bench: str, mode: str, key: str) -> list[float]:
+        """Per-seed values of one pass@k entry (the base model: one value)."""
+        seeds = [self.seeds[0]] if arm == "base" else self.seeds
+        files = [self.eval_dir(arm, s) / f"{bench}-{mode}_metrics.json" for s in seeds]
+        return [json.loads(f.read_text())["pass_at_k"][key]["value"] for f in files if f.is_file()]
+
+    def curve_band(self, arm: str, key: str = "pass@1_greedy") -> dict[float, list[float]]:
+        """step -> the per-seed values of `key` at that step (seeds matched by step, not by row)."""
+        band: dict[float, list[float]] = {}
+        for curve in self.curves(arm):
+            for row in curve:
+                if key in row:
+                    band.setdefault(row["step"], []).append(row[key])
+        return dict(sorted(band.items()))
+
+    def curves(self, arm: str) -> list[list[dict]]:
+        """Per seed, the RLVR curve rows (step, pass@1_greedy, ...) with numbers parsed."""
+        out = []
+        for s in self.seeds:
+            path = self.root / f"seed{s}" / f"rlvr-{arm}" / "curves.csv"
+            if path.is_file():
+                with path.open() as f:
+                    out.append([{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)])
+        return out
+
+    def estep_history(self, seed: int) -> list[list[dict]]:
+        """Per EM iteration, the E-step's per-update metrics."""
+        iters = sorted((self.root / f"seed{seed}" / "ra3").glob("iter*/estep/metrics.jsonl"))
+        return [read_jsonl(p) for p in iters]
+
+    def ra3_summary(self, seed: int) -> dict:
+        path = self.root / f"seed{seed}" / "ra3" / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def compute(self) -> list[tuple[str, dict]]:
+        """(stage, compute.json) of every stage that wrote one, in a stable order."""
+        files = sorted(self.root.glob("**/compute.json"))
+        files += sorted(self.root.glob("eval/**/*.compute.json"))
+        return [(str(f.relative_to(self.root).parent if f.name == "compute.json" else f.relative_to(self.root)),
+                 json.loads(f.read_text())) for f in files if "checkpoint" not in str(f)]
+
+
+# --------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_passk(run: Run, rows: list[tuple[str, str, str, str]], path: Path) -> Path:
+    """Grouped bars: one group per pass@k column, one bar per arm (mean, whiskers = seed std)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(ARMS)
+    for a, arm in enumerate(ARMS):
+        stats = [mean_std(v) if (v := run.reported(arm, b, m, k)) else (0.0, 0.0) for _, b, m, k in rows]
+        ax.bar([i + a * width for i in range(len(rows))], [s[0] for s in stats], width,
+               yerr=[s[1] for s in stats], label=LABELS[arm], capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r[0] for r in rows], fontsize=8)
+    ax.set_ylabel("held-out pass rate")
+    ax.legend(fontsize=7, ncol=3)
+    return _save(plt, fig, path)
+
+
+def plot_rlvr(run: Run, path: Path) -> Path:
+    """Held-out greedy pass@1 vs RLVR step from NTP and from RA3: seed mean, band = ± seed std."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for arm in ("ntp", "ra3"):
+        band = run.curve_band(arm)
+        if not band:
+            continue
+        steps = list(band)
+        means = [mean_std(v)[0] for v in band.values()]
+        stds = [mean_std(v)[1] for v in band.values()]
+        ax.plot(steps, means, marker="o", label=f"from {LABELS[arm]} ({len(run.curves(arm))} seeds)")
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds, strict=True)],
+                        [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
+    ax.set_xlabel("RLVR step")
+    ax.set_ylabel("held-out pass@1 (greedy)")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_estep(run: Run, path: Path) -> Path:
+    """ELBO and rationales per program over E-step updates (iterations laid end to end), per seed."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for seed in run.seeds:
+        rows = [r for it in run.estep_history(seed) for r in it]
+        for ax, key in zip(axes, ("estep/elbo", "estep/rationales_per_program"), strict=True):
+            ax.plot(range(len(rows)), [r.get(key, float("nan")) for r in rows], label=f"seed {seed}")
+    for ax, title in zip(axes, ("ELBO (nats)", "rationales per program"), strict=True):
+        ax.set_xlabel("E-step update (all EM iterations)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+# --------------------------------------------------------------------------- sections (blocks: md and html)
+
+def passk_rows(run: Run) -> list[tuple[str, str, str, str]]:
+    """(column title, benchmark, mode, pass@k key) of the table, from the first metrics file found per
+    benchmark and mode."""
+    rows = []
+    for bench in run.benchmarks:
+        for mode in ("greedy", "sampled"):
+            metrics = run.first_metrics(bench, mode)
+            how = "greedy" if mode == "greedy" else f"T={run.config['eval_temperature']}"
+            rows += [(f"{bench} {key} {how}", bench, mode, key) for key in (metrics or {}).get("pass_at_k", {})]
+    return rows
+
+
+def section_passk(run: Run, out: Path) -> list:
+    rows = passk_rows(run)
+    table = [[LABELS[arm], *[fmt(run.reported(arm, b, m, k), expected=1 if arm == "base" else len(run.seeds))
+                             for _, b, m, k in rows]] for arm in ARMS]
+    sizes = "; ".join(f"{b} {m}: {mt['tasks_evaluated']} tasks × {mt['samples'] // max(mt['tasks_evaluated'], 1)} "
+                      f"sample(s)" for b in run.benchmarks for m in ("greedy", "sampled")
+                      if (mt := run.first_metrics(b, m)))
+    return [("h2", "pass@k on held-out tasks"),
+            ("p", f"Mean ± std over seeds {run.seeds} (the base model is one checkpoint). {sizes}."),
+            ("table", ["model", *[r[0] for r in rows]], table),
+            ("img", plot_passk(run, rows, out / "passk.png"), "pass@k per model")]
+
+
+def verdict(run: Run) -> list:
+    """RA3 vs NTP per pass@k column: the difference of seed means against the seed spread."""
+    lines = []
+    for title, bench, mode, key in passk_rows(run):
+        for pair in (("ra3", "ntp"), ("ra3+rlvr", "ntp+rlvr")):
+            a, b = run.reported(pair[0], bench, mode, key), run.reported(pair[1], bench, mode, key)
+            if not a or not b:
+                continue
+            diff, spread = mean_std(a)[0] - mean_std(b)[0], max(mean_std(a)[1], mean_std(b)[1])
+            if len(a) < 2:
+                call = "one seed: no spread to judge the difference by"
+            else:
+                word = "beats" if diff > spread else ("loses to" if -diff > spread else "is within the seed spread of")
+                call = f"seed std {spread:.3f}: {LABELS[pair[0]]} {word} {LABELS[pair[1]]}"
+            lines.append(f"{title}: {LABELS[pair[0]]} − {LABELS[pair[1]]} = {diff:+.3f} ({call})")
+    convergence = rlvr_convergence(run)
+    if convergence:
+        threshold, reached = convergence
+        steps = {arm: ", ".join("never" if x is None else str(int(x)) for x in v) for arm, v in reached.items()}
+        lines.append(f"RLVR: steps to reach {threshold:.3f} held-out greedy pass@1 (the peak of NTP + RLVR's mean curve) per "
+                     f"seed: from RA3 {steps['ra3']}; from NTP {steps['ntp']}")
+    return [("h2", "Verdict"), ("list", lines or ["no evaluations found"])]
+
+
+def rlvr_convergence(run: Run) -> tuple[float, dict[str, list[int | None]]] | None:
+    """The threshold (the peak of NTP + RLVR's seed-mean held-out greedy pass@1 curve) and, per start, the
+    step at which each seed's curve first reaches it; None without curves from both starts."""
+    curves = {arm: run.curves(arm) for arm in ("ntp", "ra3")}
+    if not all(curves.values()):
+        return None
+    threshold = max(mean_std(values)[0] for values in run.curve_band("ntp").values())
+    return threshold, {arm: [steps_to_threshold([r["step"] for r in c], [r["pass@1_greedy"] for r in c], threshold)
+                             for c in cs] for arm, cs in curves.items()}
+
+
+def section_rlvr(run: Run, out: Path) -> list:
+    blocks = [("h2", "RLVR curves"), ("img", plot_rlvr(run, out / "rlvr_curves.png"), "RLVR curves")]
+    convergence = rlvr_convergence(run)
+    if convergence is None:
+        return [*blocks, ("p", "no RLVR curves found")]
+    threshold, reached = convergence
+    table = []
+    for arm, steps in reached.items():
+        cs = run.curves(arm)
+        split = {p: [r[f"time_{p}_s"] for c in cs for r in c if f"time_{p}_s" in r]
+                 for p in ("generation", "reward", "update")}
+        table.append([f"from {LABELS[arm]}", fmt([c[0]["pass@1_greedy"] for c in cs]),
+                      fmt([c[-1]["pass@1_greedy"] for c in cs]), fmt([max(r["pass@1_greedy"] for r in c) for c in cs]),
+                      ", ".join("never" if s is None else str(int(s)) for s in steps),
+                      " / ".join(f"{statistics.fmean(v):.2f}" if v else "-" for v in split.values())])
+    return [*blocks, ("p", f"Held-out greedy pass@1 every {run.config['rlvr'].get('eval_every', 'N')} steps "
+                           f"(mean ± std over seeds); threshold = the peak of NTP + RLVR's seed-mean curve ({threshold:.3f})."),
+            ("table", ["start", "step 0", "final", "best", "steps to threshold (per seed)",
+                       "s/step gen / reward / update"], table)]
+
+
+def section_estep(run: Run, out: Path) -> list:
+    header, table = ["quantity"], {key: [] for key, _ in RATIONALE_STATS}
+    summaries = {s: run.ra3_summary(s) for s in run.seeds}
+    n_iter = max((len(v.get("iterations", [])) for v in summaries.values()), default=0)
+    for it in range(n_iter):
+        for which in ("first", "last"):
+            header.append(f"iter {it} {'start' if which == 'first' else 'end'}")
+            for key, _ in RATIONALE_STATS:
+                table[key].append(fmt([v["iterations"][it][f"estep_{which}"].get(key, float("nan"))
+                                       for v in summaries.values() if len(v.get("iterations", [])) > it], 2))
+    rows = [[label, *table[key]] for key, label in RATIONALE_STATS]
+    kept = [["traces keeping a rationale (M-step data)",
+             *[cell for it in range(n_iter)
+               for cell in ("-", fmt([v["iterations"][it]["traces_with_rationales"] for v in summaries.values()
+                                      if len(v.get("iterations", [])) > it], 2))]]]
+    return [("h2", "E-step: ELBO and rationales"),
+            ("img", plot_estep(run, out / "estep.png"), "ELBO over E-step updates"),
+            ("p", "Per EM iteration, the E-step's first and last update (mean ± std over seeds); 'names the idiom': "
+                  "a rationale at a true idiom boundary contains the idiom's name."),
+            ("table", header, rows + kept)]
+
+
+def section_compute(run: Run) -> list:
+    timings_path = run.root / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    rows = [[stage, str(c.get("wall_s", "-")), str(c.get("tokens_forward", "-")), str(c.get("tokens_backward", "-")),
+             str(c.get("tokens_generated", c.get("completion_tokens", "-")))] for stage, c in run.compute()]
+    return [("h2", "Compute per stage"),
+            ("p", f"Demo wall time {sum(timings.values()):.0f} s over {len(timings)} steps run "
+                  f"(steps skipped on a resume are not counted). RA3's M-step has NTP's steps, batch and "
+                  f"optimiser; its E-step is extra and appears as `seed*/ra3/iter*/estep`."),
+            ("table", ["stage", "wall s", "tokens forward", "tokens backward", "tokens generated"], rows)]
+
+
+def section_example(run: Run) -> list:
+    for seed in run.seeds:
+        for path in sorted((run.root / f"seed{seed}" / "ra3").glob("iter*/estep/annotations.jsonl"), reverse=True):
+            kept = [r for r in read_jsonl(path) if r["n_rationales"] > 0]
+            if kept:
+                best = max(kept, key=lambda r: r["reward"])
+                return [("h2", "Annotated example"),
+                        ("p", f"{path.relative_to(run.root)}, task {best['task_id']}: {best['n_rationales']} "
+                              f"rationale(s), reward {best['reward']:+.2f} nats over no rationales."),
+                        ("code", best["prompt"] + best["completion"])]
+    return [("h2", "Annotated example"), ("p", "No bootstrapped trace kept a rationale in this run.")]
+
+
+def build(run: Run, out: Path) -> list:
+    env_path = run.root / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    header = [("h1", "RA3 vs NTP: demo report"),
+              ("p", f"Run {run.root} · seeds {run.seeds} · benchmarks {run.benchmarks} · started "
+                    f"{env.get('started', '?')} · git {env.get('git_sha') or 'unknown'} · {env.get('platform', '?')}, "
+                    f"{env.get('cpu_count', '?')} CPUs, GPU: {env.get('gpu') or 'none'}")]
+    return (header + verdict(run) + section_passk(run, out) + section_rlvr(run, out) + section_estep(run, out)
+            + section_compute(run) + section_example(run))
+
+
+# --------------------------------------------------------------------------- rendering
+
+def to_markdown(blocks: list, root: Path) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"{'#' * int(kind[1])} {rest[0]}\n")
+        elif kind == "p":
+            out.append(rest[0] + "\n")
+        elif kind == "list":
+            out.append("\n".join(f"- {line}" for line in rest[0]) + "\n")
+        elif kind == "table":
+            head, rows = rest
+            out.append("\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                                 + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
+        elif kind == "img":
+            out.append(f"![{rest[1]}]({Path(rest[0]).relative_to(root)})\n")
+        elif kind == "code":
+            out.append(f"```python\n{rest[0].rstrip()}\n```\n")
+    return "\n".join(out)
+
+
+def to_html(blocks: list) -> str:
+    esc, out = html.escape, []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{esc(rest[0])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{esc(rest[0])}</p>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in rest[0]) + "</ul>")
+        elif kind == "table":
+            head, rows = rest
+            out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(rest[0]).read_bytes()).decode()
+            out.append(f'<img alt="{esc(rest[1])}" src="data:image/png;base64,{data}">')
+        elif kind == "code":
+            out.append(f"<pre>{esc(rest[0])}</pre>")
+    style = ("body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(out)}</body></html>\n"
+
+
+def run(cfg: ReportConfig) -> Path:
+    """Write report.md, report.html and the PNGs into the run directory; returns report.md."""
+    root = Path(cfg.run_dir)
+    if not (root / "config.yaml").is_file():
+        raise DataError(f"{root}: not a demo run directory (no config.yaml)")
+    blocks = build(Run(root), root)
+    atomic_write_text(root / "report.html", to_html(blocks))
+    return atomic_write_text(root / "report.md", to_markdown(blocks, root))
