@@ -298,11 +298,18 @@ def section_estep(run: Run, out: Path) -> list:
             ("table", header, rows + kept)]
 
 
+def compute_row(stage: str, c: dict) -> list[str]:
+    """stage, wall s, tokens forward/backward/generated, from one compute.json (the shipped base: its manifest)."""
+    if "shipped" in c:
+        return [stage, "shipped", str(c["pretraining_tokens"]), str(c["pretraining_tokens"]), "-"]
+    return [stage, str(c.get("wall_s", "-")), str(c.get("tokens_forward", "-")), str(c.get("tokens_backward", "-")),
+            str(c.get("tokens_generated", c.get("completion_tokens", "-")))]
+
+
 def section_compute(run: Run) -> list:
     timings_path = run.root / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    rows = [[stage, str(c.get("wall_s", "-")), str(c.get("tokens_forward", "-")), str(c.get("tokens_backward", "-")),
-             str(c.get("tokens_generated", c.get("completion_tokens", "-")))] for stage, c in run.compute()]
+    rows = [compute_row(stage, c) for stage, c in run.compute()]
     return [("h2", "Compute per stage"),
             ("p", f"Demo wall time {sum(timings.values()):.0f} s over {len(timings)} steps run "
                   f"(steps skipped on a resume are not counted). RA3's M-step has NTP's steps, batch and "
