@@ -60,8 +60,8 @@ def _demo_shards(cfg: RA3Config, out: Path) -> list[Path]:
     if len(records) < cfg.iterations:
         raise DataError(f"{cfg.data}: {len(records)} demonstrations cannot fill {cfg.iterations} shards")
     bounds = [len(records) * i // cfg.iterations for i in range(cfg.iterations + 1)]
-    return [out / f"iter{i}" / "demos.jsonl" if (out / f"iter{i}" / "demos.jsonl").is_file()
-            else write_jsonl(out / f"iter{i}" / "demos.jsonl", records[bounds[i]:bounds[i + 1]])
+    # written on every run (same data, same shards), so a shard always matches the data it came from
+    return [write_jsonl(out / f"iter{i}" / "demos.jsonl", records[bounds[i]:bounds[i + 1]])
             for i in range(cfg.iterations)]
 
 

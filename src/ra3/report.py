@@ -70,6 +70,7 @@ class Run:
         self.root = root
         self.config = yaml.safe_load((root / "config.yaml").read_text())
         self.seeds, self.benchmarks = self.config["seeds"], self.config["benchmarks"]
+        self._curves: dict[str, list[list[dict]]] = {}  # arm -> per-seed curves, read once
 
     def eval_dir(self, arm: str, seed: int) -> Path:
         return self.root / "eval" / (arm if arm == "base" else f"{arm}-s{seed}")
@@ -100,7 +101,9 @@ class Run:
 
     def curves(self, arm: str) -> list[list[dict]]:
         """Per seed, the RLVR curve rows (step, pass@1_greedy, ...) with numbers parsed."""
-        out = []
+        if arm in self._curves:
+            return self._curves[arm]
+        out = self._curves[arm] = []
         for s in self.seeds:
             path = self.root / f"seed{s}" / f"rlvr-{arm}" / "curves.csv"
             if path.is_file():
@@ -220,7 +223,12 @@ def section_passk(run: Run, out: Path) -> list:
             ("img", plot_passk(run, rows, out / "passk.png"), "pass@k per model")]
 
 
-def verdict(run: Run) -> list:
+def steps_text(steps: list[int | None]) -> str:
+    """Per-seed steps to threshold, `never` where a seed did not reach it."""
+    return ", ".join("never" if s is None else str(int(s)) for s in steps)
+
+
+def verdict(run: Run, convergence: tuple | None) -> list:
     """RA3 vs NTP per pass@k column: the difference of seed means against the seed spread."""
     lines = []
     for title, bench, mode, key in passk_rows(run):
@@ -235,12 +243,10 @@ def verdict(run: Run) -> list:
                 word = "beats" if diff > spread else ("loses to" if -diff > spread else "is within the seed spread of")
                 call = f"seed std {spread:.3f}: {LABELS[pair[0]]} {word} {LABELS[pair[1]]}"
             lines.append(f"{title}: {LABELS[pair[0]]} − {LABELS[pair[1]]} = {diff:+.3f} ({call})")
-    convergence = rlvr_convergence(run)
     if convergence:
         threshold, reached = convergence
-        steps = {arm: ", ".join("never" if x is None else str(int(x)) for x in v) for arm, v in reached.items()}
-        lines.append(f"RLVR: steps to reach {threshold:.3f} held-out greedy pass@1 (the peak of NTP + RLVR's mean curve) per "
-                     f"seed: from RA3 {steps['ra3']}; from NTP {steps['ntp']}")
+        lines.append(f"RLVR: steps to reach {threshold:.3f} held-out greedy pass@1 (the peak of NTP + RLVR's mean "
+                     f"curve) per seed: from RA3 {steps_text(reached['ra3'])}; from NTP {steps_text(reached['ntp'])}")
     return [("h2", "Verdict"), ("list", lines or ["no evaluations found"])]
 
 
@@ -255,9 +261,8 @@ def rlvr_convergence(run: Run) -> tuple[float, dict[str, list[int | None]]] | No
                              for c in cs] for arm, cs in curves.items()}
 
 
-def section_rlvr(run: Run, out: Path) -> list:
+def section_rlvr(run: Run, out: Path, convergence: tuple | None) -> list:
     blocks = [("h2", "RLVR curves"), ("img", plot_rlvr(run, out / "rlvr_curves.png"), "RLVR curves")]
-    convergence = rlvr_convergence(run)
     if convergence is None:
         return [*blocks, ("p", "no RLVR curves found")]
     threshold, reached = convergence
@@ -268,7 +273,7 @@ def section_rlvr(run: Run, out: Path) -> list:
                  for p in ("generation", "reward", "update")}
         table.append([f"from {LABELS[arm]}", fmt([c[0]["pass@1_greedy"] for c in cs]),
                       fmt([c[-1]["pass@1_greedy"] for c in cs]), fmt([max(r["pass@1_greedy"] for r in c) for c in cs]),
-                      ", ".join("never" if s is None else str(int(s)) for s in steps),
+                      steps_text(steps),
                       " / ".join(f"{statistics.fmean(v):.2f}" if v else "-" for v in split.values())])
     return [*blocks, ("p", f"Held-out greedy pass@1 every {run.config['rlvr'].get('eval_every', 'N')} steps "
                            f"(mean ± std over seeds); threshold = the peak of NTP + RLVR's seed-mean curve ({threshold:.3f})."),
@@ -337,8 +342,9 @@ def build(run: Run, out: Path) -> list:
               ("p", f"Run {run.root} · seeds {run.seeds} · benchmarks {run.benchmarks} · started "
                     f"{env.get('started', '?')} · git {env.get('git_sha') or 'unknown'} · {env.get('platform', '?')}, "
                     f"{env.get('cpu_count', '?')} CPUs, GPU: {env.get('gpu') or 'none'}")]
-    return (header + verdict(run) + section_passk(run, out) + section_rlvr(run, out) + section_estep(run, out)
-            + section_compute(run) + section_example(run))
+    convergence = rlvr_convergence(run)
+    return (header + verdict(run, convergence) + section_passk(run, out) + section_rlvr(run, out, convergence)
+            + section_estep(run, out) + section_compute(run) + section_example(run))
 
 
 # --------------------------------------------------------------------------- rendering
