@@ -1,6 +1,6 @@
 """RLVR: the verifier's reward (passing, failing, partial, and hacks that must earn 0), the stop-rule cut of
 sampled tokens, MBPP task sets that never hold test ids, GRPO steps on a tiny model that change its
-weights and write curves, and kill -9 + resume."""
+weights and write curves, kill -9 + resume, and the filter that keeps tasks with a GRPO gradient."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from transformers import AutoModelForCausalLM
 from ra3.benchmarks import Problem, default_data_dir, load_mbpp_sanitized, save_problems
 from ra3.cli import main
 from ra3.config import ConfigError
-from ra3.files import DataError, read_jsonl
+from ra3.files import DataError, read_jsonl, write_jsonl
 from ra3.rewards import VerifierReward, verdict_reward
-from ra3.rlvr import MBPP_PLUS_FILE, RLVRConfig, code_prefix_problem, load_tasks, stop_length
+from ra3.rlvr import MBPP_PLUS_FILE, RLVRConfig, code_prefix_problem, filter_tasks, load_tasks, stop_length
 from ra3.sandbox import FunctionalTest, ScriptTest, Verdict
 from ra3.sft import TrainConfig, last_complete_checkpoint, train
 
@@ -185,6 +185,8 @@ def test_grpo_steps_change_the_weights_and_write_curves(coin_model, coin_tasks, 
     assert curve_steps(out) == [0, 2, 4]
     rows = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["pass@1_greedy"] <= 1.0 and 0.0 <= r["pass@1_sampled"] <= 1.0 for r in rows)
+    # the coin policy passes half its samples; 4 steps of the verifier's reward make `return xs` its mode
+    assert rows[0]["pass@1_greedy"] == 0.0 and rows[-1]["pass@1_greedy"] == 1.0
     assert rows[-1]["eval_tasks"] == 3 and rows[-1]["eval_samples"] == 3 * 3
     compute = json.loads((out / "compute.json").read_text())
     assert compute["optimizer_steps"] == 4 and compute["programs_run"] == 4 * 8
@@ -211,3 +213,24 @@ def test_kill9_then_resume_completes_every_curve_row(coin_model, coin_tasks, tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "compute.json").read_text())["resumed_from"]
     assert curve_steps(out) == [0, 2, 4, 6]
+
+
+def test_task_filter_keeps_the_tasks_with_a_gradient(coin_model, tmp_path):
+    """Tasks whose group rewards are all equal (no GRPO gradient) are dropped: here, impossible tests; the
+    coin tasks, which the policy passes sometimes, stay. A rerun reads the filter's file instead of sampling."""
+    coins = [coin_problem(i, "rl") for i in range(6)]
+    never = [replace(coin_problem(i, "rl"), task_id=f"rl/never{i}", tests=ScriptTest(f"assert f{i}([1]) == 'no'\n"))
+             for i in range(2)]
+    cfg = RLVRConfig(model=str(coin_model), out_dir=tmp_path, filter_samples=8, num_generations=4, batch_size=8,
+                     max_completion_length=12, workers=2, seed=1)
+    kept = [p.task_id for p in filter_tasks([*coins, *never], cfg)]
+    rows = read_jsonl(tmp_path / "task_filter.jsonl")
+    assert [r["task_id"] for r in rows] == [p.task_id for p in [*coins, *never]]
+    assert [r["passes"] for r in rows[-2:]] == [0, 0] and all(r["samples"] == 8 for r in rows)
+    assert kept == [r["task_id"] for r in rows if 0 < r["passes"] < 8] and len(kept) >= 2
+
+    rows[[r["task_id"] for r in rows].index(kept[0])]["kept"] = False  # a rerun trusts the file
+    write_jsonl(tmp_path / "task_filter.jsonl", rows)
+    assert [p.task_id for p in filter_tasks([*coins, *never], cfg)] == kept[1:]
+    with pytest.raises(DataError, match="solves only 0 of 2 tasks sometimes"):
+        filter_tasks(never, replace(cfg, out_dir=tmp_path / "hard"))

@@ -5,8 +5,8 @@ unit tests in the sandbox (`rewards.VerifierReward`: 1 if all pass, else 0), and
 policy-gradient step. Every `eval_every` steps the policy is evaluated on held-out tasks (greedy and
 sampled pass@1, with `ra3 evaluate`'s checker and the one pass@k estimator). Files in `out_dir`:
 `curves.csv` / `curves.jsonl` (one row per evaluation: the RLVR curves of method.md §8.3), `model/` (the
-final policy), `checkpoints/`, `tb/` (TensorBoard), `config.yaml` and `compute.json` (step time split
-into generation, reward and update; tokens; provenance).
+final policy), `checkpoints/`, `tb/` (TensorBoard), `config.yaml`, `compute.json` (step time split
+into generation, reward and update; tokens; provenance) and, with the task filter, `task_filter.jsonl`.
 
 Built on TRL's GRPOTrainer (transformers' Trainer underneath), as `sft.py` is on SFTTrainer: it brings
 group advantages, the clipped loss and its variants (`loss_type`), the KL to a reference (`beta`), vLLM
@@ -19,6 +19,8 @@ log-prob pass, backward and optimiser step together. What this module adds:
   reward is computed on the program `ra3 evaluate` would run and the policy gradient acts on exactly its
   tokens (cutting only the text would reinforce whatever the model wrote after the body). HF rollouts
   still run to EOS before the cut; vLLM ones stop early on the rule's stop strings.
+- A task filter (`filter_samples`): before training, keep the tasks the starting policy solves sometimes
+  but not always, the only ones whose GRPO group has a gradient (`filter_tasks`).
 - Complete-checkpoint resume (`sft.last_complete_checkpoint`), evaluation rows that survive a `kill -9`
   (rows past the resumed checkpoint are dropped and recomputed), and `compute.json`.
 
@@ -56,6 +58,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import TrainerCallback
 
 from ra3.benchmarks import (
@@ -82,6 +85,7 @@ MBPP_PLUS_FILE = Path("evalplus") / "MbppPlus-v0.2.0.jsonl.gz"  # under benchmar
 CURVE_FIELDS = ("step", "pass@1_greedy", "pass@1_sampled", "train_reward", "eval_tasks", "eval_samples",
                 "time_generation_s", "time_reward_s", "time_update_s")
 SPLIT = ("generation", "reward", "update")
+FILTER_FIELDS = ("task_id", "samples", "passes", "kept")
 
 
 @dataclass
@@ -115,6 +119,9 @@ class RLVRConfig:
                              "then)")
     eval_n: int = option(4, "samples per eval task for sampled pass@1")
     eval_temperature: float = option(0.8, "temperature of the sampled pass@1")
+    filter_samples: int = option(0, "before training, sample this many completions per RL task from the "
+                                 "starting policy and keep only tasks it solves sometimes but not always (a "
+                                 "group whose rewards are all equal has no GRPO gradient); 0: keep every task")
     max_tasks: int = option(0, "use at most this many RL tasks (0: all)")
     max_eval_tasks: int = option(0, "use at most this many eval tasks (0: all)")
     workers: int = option(0, "parallel sandbox runs (0: one per CPU core)")
@@ -139,7 +146,10 @@ class RLVRConfig:
         if (self.batch_size * self.grad_accum) % self.num_generations:
             raise ConfigError(f"batch_size * grad_accum = {self.batch_size * self.grad_accum} must be a "
                               f"multiple of num_generations = {self.num_generations}")
-        for name in ("eval_every", "workers", "beta"):
+        if self.filter_samples == 1:
+            raise ConfigError("filter_samples must be 0 (no filter) or >= 2 (one sample cannot be both a "
+                              "pass and a fail)")
+        for name in ("eval_every", "workers", "beta", "filter_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0 or self.eval_temperature <= 0:
@@ -294,13 +304,18 @@ def _trainer_class():
 
 # ------------------------------------------------------------------------------- in-training evaluation
 
-def _pass_at_1(problems: Sequence[Problem], completions: Sequence[Sequence[str]], workers: int | None) -> float:
-    """Mean over tasks of the unbiased pass@1, through `ra3 evaluate`'s checker and the one estimator."""
+def _pass_counts(problems: Sequence[Problem], completions: Sequence[Sequence[str]],
+                 workers: int | None) -> dict[str, tuple[int, int]]:
+    """task_id -> (samples, passes), through `ra3 evaluate`'s checker."""
     samples = [{"task_id": p.task_id, "completion": c}
                for p, cs in zip(problems, completions, strict=True) for c in cs]
     verdicts = check_completions({p.task_id: p for p in problems}, samples, workers)
-    counts = count_passes((s["task_id"] for s in samples), (v.passed for v in verdicts))
-    return pass_at_k_table(counts, [1])["pass@1"]["value"]
+    return count_passes((s["task_id"] for s in samples), (v.passed for v in verdicts))
+
+
+def _pass_at_1(problems: Sequence[Problem], completions: Sequence[Sequence[str]], workers: int | None) -> float:
+    """Mean over tasks of the unbiased pass@1 (the one estimator)."""
+    return pass_at_k_table(_pass_counts(problems, completions, workers), [1])["pass@1"]["value"]
 
 
 def evaluate_policy(model, tokenizer, problems: Sequence[Problem], cfg: RLVRConfig,
@@ -323,6 +338,42 @@ def evaluate_policy(model, tokenizer, problems: Sequence[Problem], cfg: RLVRConf
     workers = cfg.workers or None
     return {"pass@1_greedy": _pass_at_1(problems, greedy, workers),
             "pass@1_sampled": _pass_at_1(problems, sampled, workers)}
+
+
+def filter_tasks(tasks: Sequence[Problem], cfg: RLVRConfig) -> list[Problem]:
+    """The RL tasks that the starting policy solves sometimes but not always: 0 < passes < `filter_samples`.
+
+    A GRPO group whose G rewards are all equal has zero advantage, so it costs a rollout and moves nothing;
+    from the world's NTP checkpoint about 60% of groups are so, nearly all of them all-fail (BENCHMARKS.md).
+    The filter samples each task once before training, at the rollout temperature, and keeps the tasks with
+    a gradient. It is offline because TRL's GRPOTrainer has no hook for DAPO's per-batch dynamic sampling.
+    The counts go to `task_filter.jsonl` (task_id, samples, passes, kept), which a rerun reads instead of
+    sampling again. The main process samples (HF generate, also under `use_vllm`); the others wait and read.
+    """
+    path = Path(cfg.out_dir) / "task_filter.jsonl"
+    state = PartialState()
+    ids = [p.task_id for p in tasks]
+    done = path.is_file() and [(r["task_id"], r["samples"]) for r in read_jsonl(path, required=FILTER_FIELDS)] \
+        == [(t, cfg.filter_samples) for t in ids]
+    if state.is_main_process and not done:
+        model, tokenizer = load_pretrained(cfg.model, dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
+                                           device=state.device)
+        completions = generate_completions(model, tokenizer, [p.prompt for p in tasks], n=cfg.filter_samples,
+                                           temperature=cfg.temperature, max_new_tokens=cfg.max_completion_length,
+                                           batch_size=cfg.batch_size, seed=cfg.seed, desc="task filter")
+        counts = _pass_counts(tasks, completions, cfg.workers or None)
+        write_jsonl(path, [{"task_id": t, "samples": n, "passes": c, "kept": 0 < c < n}
+                           for t, (n, c) in counts.items()])
+        del model
+    state.wait_for_everyone()
+    kept = {r["task_id"] for r in read_jsonl(path, required=FILTER_FIELDS) if r["kept"]}
+    prompts_per_step = cfg.batch_size * cfg.grad_accum // cfg.num_generations
+    if len(kept) < prompts_per_step:
+        raise DataError(f"{path}: the starting policy solves only {len(kept)} of {len(tasks)} tasks sometimes "
+                        f"but not always, fewer than one step's {prompts_per_step} prompts; use easier tasks "
+                        f"or filter_samples 0")
+    logger.info("task filter: %d of %d tasks are solved sometimes but not always (%s)", len(kept), len(tasks), path)
+    return [p for p in tasks if p.task_id in kept]
 
 
 class Curves:
@@ -514,6 +565,10 @@ def run(cfg: RLVRConfig) -> Path:
         raise ConfigError(f"tasks and eval_tasks share {len(shared)} tasks (e.g. {min(shared)}); "
                           f"held-out tasks must be disjoint from the RL tasks")
     save_config(cfg, out / "config.yaml")
+    start = time.monotonic()
+    if cfg.filter_samples:
+        tasks = filter_tasks(tasks, cfg)
+    filter_s = time.monotonic() - start
     ckpt_dir = out / "checkpoints"
     remove_incomplete_checkpoints(ckpt_dir)
     resume = last_complete_checkpoint(ckpt_dir)
@@ -529,7 +584,7 @@ def run(cfg: RLVRConfig) -> Path:
         save_pretrained(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, final)
         data = {k: v for k, v in (("tasks", cfg.tasks), ("eval_tasks", cfg.eval_tasks)) if os.path.isfile(v)}
         compute = {**_compute_record(trainer, callback, cfg, resume, time.monotonic() - start),
-                   **provenance(cfg.seed, **data)}
+                   "filter_s": round(filter_s, 2), "tasks_trained": len(tasks), **provenance(cfg.seed, **data)}
         atomic_write_text(out / "compute.json", json.dumps(compute, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return final
