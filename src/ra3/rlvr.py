@@ -565,10 +565,10 @@ def run(cfg: RLVRConfig) -> Path:
         raise ConfigError(f"tasks and eval_tasks share {len(shared)} tasks (e.g. {min(shared)}); "
                           f"held-out tasks must be disjoint from the RL tasks")
     save_config(cfg, out / "config.yaml")
-    start = time.monotonic()
+    filter_start = time.monotonic()
     if cfg.filter_samples:
         tasks = filter_tasks(tasks, cfg)
-    filter_s = time.monotonic() - start
+    filter_s = time.monotonic() - filter_start
     ckpt_dir = out / "checkpoints"
     remove_incomplete_checkpoints(ckpt_dir)
     resume = last_complete_checkpoint(ckpt_dir)
