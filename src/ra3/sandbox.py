@@ -49,54 +49,47 @@ What is not covered
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
-import errno
 import logging
-import marshal
 import os
-import pickle
-import secrets
-import selectors
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 
+from ra3 import sandbox_worker
+from ra3.sandbox_worker import HARNESS, JUDGE, Outcome, SandboxError, Setup, Worker
+
+__all__ = ["HARNESS", "JUDGE", "FunctionalTest", "Job", "Limits", "Recording", "SandboxError", "ScriptTest",
+           "StdioTest", "Tests", "Verdict", "record_outputs", "run_job", "run_jobs"]
 logger = logging.getLogger(__name__)
-HARNESS = Path(__file__).with_name("sandbox_harness.py")
-_PIDS_CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
-
-
-class SandboxError(RuntimeError):
-    """The sandbox itself could not run a program (not a verdict about the program)."""
 
 
 @dataclass(frozen=True)
 class ScriptTest:
-    """Test code run after the program (HumanEval `check`, MBPP asserts); passing = reaching its end."""
+    """Assert-based test code (HumanEval `check`, MBPP asserts), run in the judge after its trusted `setup`
+    (HumanEval: the prompt, for its helper functions); passing = reaching its end. Names the code uses
+    and does not define are the program's (the entry point first), reached through proxies."""
 
     code: str
+    setup: str = ""
 
 
 @dataclass(frozen=True)
 class FunctionalTest:
-    """Call the entry point on each argument list; compare with the expected value (floats, complex within atol)."""
+    """Call the entry point on each argument list; compare with the expected value (floats, complex within
+    atol), or by `oracle`: trusted source defining `oracle(out, exp, args, atol) -> bool`, run in the judge.
+    `digest`: the program's side sends SHA-256 of repr(output) instead of the output (outputs too large to
+    ship; the expected values are then such digests)."""
 
     inputs: list
     outputs: list
     atol: float = 0.0
+    oracle: str = ""
+    digest: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What happened to one program. `pass` needs the harness's nonce-carrying final line."""
+    """What happened to one program. `pass` needs the judge's verdict, made outside the program's process."""
 
     status: Literal["pass", "fail", "timeout", "error"]
     tests_run: int
@@ -145,6 +138,7 @@ class Verdict:
     stderr_tail: str
     isolation: tuple[str, ...]
     wall_s: float
+    judge: str = ""  # which judge made the verdict, e.g. "judge-process/script-proxy"
 
     @property
     def passed(self) -> bool:
@@ -166,50 +160,25 @@ class Recording:
     verdict: Verdict
 
 
-# --------------------------------------------------------------------------- isolation set-up
-
-@cache
-def _scratch_mount() -> str:
-    """Where the run's private tmpfs goes: a host directory that holds neither Python nor ra3."""
-    keep = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.executable, HARNESS)]
-    for candidate in ("/tmp", "/var/tmp", "/mnt", "/srv"):
-        if Path(candidate).is_dir() and not any(k.is_relative_to(candidate) for k in keep):
-            return candidate
-    raise SandboxError("no directory to mount the sandbox's scratch space on (tried /tmp, /var/tmp, /mnt, /srv)")
-
-
-def _bwrap_argv(scratch_mb: int) -> list[str]:
-    """Namespaces, no capabilities, the host read-only, a private size-capped tmpfs as the only writable
-    place, and /dev read-only (bwrap's /dev is a tmpfs: writable, it would be unmetered host memory)."""
-    scratch = _scratch_mount()
-    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
-            "--size", str(scratch_mb << 20), "--tmpfs", scratch, "--chdir", scratch, "--clearenv"]
+def judge_name(tests: Tests, mode: str | None = None) -> str:
+    """The judge that makes a verdict on these tests (recorded in `Verdict.judge`)."""
+    if mode == "record":
+        return "judge-process/record"
+    if isinstance(tests, ScriptTest):
+        return "judge-process/script-proxy"
+    if isinstance(tests, StdioTest):
+        return "judge-process/stdio"
+    return "judge-process/functional" + ("+oracle" if tests.oracle else "") + ("+digest" if tests.digest else "")
 
 
-@cache
+# --------------------------------------------------------------------------- isolation and verdicts
+
 def _bwrap_works() -> bool:
-    """Probe once per process whether bubblewrap can create the namespaces we ask for."""
-    if shutil.which("bwrap") is None:
-        return False
-    probe = subprocess.run([*_bwrap_argv(1), "/bin/true"], capture_output=True, timeout=30)
-    return probe.returncode == 0
+    return sandbox_worker.bwrap_works()
 
 
-@cache
-def _pids_cgroup_parent() -> Path | None:
-    """A writable pids cgroup directory for per-worker cgroups (root only), or None."""
-    if os.geteuid() != 0:
-        return None
-    for root in _PIDS_CGROUP_ROOTS:
-        if (root / "cgroup.procs").exists() and ((root / "pids.max").exists() or root.name == "pids"):
-            parent = root / "ra3"
-            try:
-                parent.mkdir(exist_ok=True)
-                return parent
-            except OSError:
-                continue
-    return None
+def _pids_cgroup_parent():
+    return sandbox_worker.pids_cgroup_parent()
 
 
 @cache
@@ -218,253 +187,34 @@ def _warn_limits_only() -> None:
                    "running with resource limits only: no filesystem, network or process isolation")
 
 
-def _environment(workdir: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-            "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-class _Cgroup:
-    """A per-worker pids cgroup: caps processes+threads and lets us kill every member at the end."""
-
-    def __init__(self, parent: Path, max_processes: int):
-        self.path = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
-        (self.path / "pids.max").write_text(str(max_processes))
-        self.procs = str(self.path / "cgroup.procs")
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        """`argv` run by a shell that first moves itself into the cgroup. A `preexec_fn` would do the same
-        but forces subprocess off its vfork path: 13 ms more per start, measured (worse in a parent that
-        holds torch)."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.procs, *argv]
-
-    def destroy(self) -> None:
-        """SIGKILL the members, if any are left, and remove the cgroup (no waiting when it is empty)."""
-        for _ in range(1000):
-            pids = [int(p) for p in Path(self.procs).read_text().split()]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.002)  # SIGKILL takes effect asynchronously
-        for _ in range(250):
-            try:
-                self.path.rmdir()
-                return
-            except OSError as e:
-                if e.errno != errno.EBUSY:  # EBUSY: a member is still exiting
-                    logger.warning("sandbox: could not remove cgroup %s: %s", self.path, e)
-                    return
-                time.sleep(0.002)
-        logger.warning("sandbox: cgroup %s is still busy; left behind", self.path)
-
-
-# --------------------------------------------------------------------------- one worker
-
-@dataclass
-class _Streams:
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    result: bytearray = field(default_factory=bytearray)
-    ctl: bytearray = field(default_factory=bytearray)
-    timed_out: bool = False
-
-
-@dataclass(frozen=True)
-class _Sandbox:
-    """What is fixed for the life of a worker; a job that needs other values gets a fresh worker."""
-
-    namespaced: bool
-    max_disk_mb: int
-    max_processes: int  # the cgroup's pids.max (0 without a cgroup: RLIMIT_NPROC, set per job, applies)
-
-
-def _sandbox_for(limits: Limits) -> _Sandbox:
+def _setup_for(limits: Limits) -> Setup:
     namespaced = limits.namespaces and _bwrap_works()
     if limits.namespaces and not namespaced:
         _warn_limits_only()
-    return _Sandbox(namespaced, limits.max_disk_mb if namespaced else 0,
-                    limits.max_processes if _pids_cgroup_parent() else 0)
+    return Setup(namespaced, limits.max_disk_mb if namespaced else 0,
+                 limits.max_processes if _pids_cgroup_parent() else 0)
 
 
-def _verdict(streams: _Streams, nonce: str, returncode: int, isolation: tuple[str, ...], wall: float,
-             empty_ok: bool = False) -> Verdict:
-    """Trust only lines that carry this job's nonce; everything else is evidence for the detail."""
-    stderr_tail = streams.stderr.decode(errors="replace")[-2000:]
-    ok_cases = 0
-    for line in streams.result.decode(errors="replace").splitlines():
-        parts = line.split(" ", 5)
-        if parts[:2] == ["ok", nonce]:
-            ok_cases += 1
-        elif parts[:2] == ["end", nonce] and len(parts) >= 5 and parts[4] in ("pass", "fail", "error"):
-            run, passed, status = int(parts[2]), int(parts[3]), parts[4]
-            if status == "pass" and (passed != run or (run == 0 and not empty_ok)):
-                status = "fail"  # an empty test suite proves nothing
-            return Verdict(status, run, passed, parts[5] if len(parts) > 5 else "", stderr_tail,
-                           isolation, wall)
-    if streams.timed_out:
-        return Verdict("timeout", ok_cases, ok_cases, "time limit exceeded", stderr_tail, isolation, wall)
-    signum = -returncode if returncode < 0 else returncode - 128  # bwrap reports a signal as 128 + n
-    if 0 < signum < signal.NSIG and (returncode < 0 or returncode > 128):
-        why = f"killed by signal {signal.Signals(signum).name}"
-    else:
-        why = f"exited (status {returncode}) before the tests finished"
+def _verdict(outcome: Outcome, judge: str, wall: float, empty_ok: bool = False) -> tuple[Verdict, Any]:
+    """The verdict on what the worker saw (and, for recordings, the judge's payload)."""
+    stderr_tail = outcome.stderr.decode(errors="replace")[-2000:]
+
+    def verdict(status: str, run: int, passed: int, detail: str) -> Verdict:
+        return Verdict(status, run, passed, detail, stderr_tail, outcome.isolation, wall, judge)
+
+    if outcome.forged:
+        return verdict("fail", 0, 0, f"verdict channel: {outcome.forged}"), None
+    if outcome.final is not None:
+        run, passed, status, detail = outcome.final
+        if status == "pass" and (passed != run or (run == 0 and not empty_ok)):
+            status = "fail"  # an empty test suite proves nothing
+        payload = detail if isinstance(detail, list) else None
+        return verdict(status, run, passed, "" if payload is not None else detail), payload
+    if outcome.timed_out:
+        return verdict("timeout", outcome.ok_cases, outcome.ok_cases, "time limit exceeded"), None
     last = stderr_tail.strip().splitlines()[-1:] if stderr_tail.strip() else []
-    return Verdict("error", ok_cases, ok_cases, why + (f": {last[0][:200]}" if last else ""), stderr_tail,
-                   isolation, wall)
-
-
-class _Worker:
-    """One long-lived sandbox running jobs one at a time: bubblewrap (or limits only) around
-    `sandbox_harness.py --serve`, in its own pids cgroup when root. Not thread-safe: one per thread."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.sandbox: _Sandbox | None = None
-        self.isolation: tuple[str, ...] = ()
-        self.cgroup: _Cgroup | None = None
-        self.host_dir: str | None = None
-        self.ctl: socket.socket | None = None
-        self.result = -1
-        self.selector: selectors.BaseSelector | None = None
-
-    def _command(self, sandbox: _Sandbox, server_ctl: int, result_w: int) -> list[str]:
-        """The worker's command line (and the isolation it gives, into self.isolation)."""
-        cgroup = ("pids-cgroup",) if self.cgroup else ()
-        harness = [sys.executable, "-s", "-B", str(HARNESS), "--serve", str(server_ctl), str(result_w)]
-        if sandbox.namespaced:
-            env = [a for k, v in _environment(_scratch_mount()).items() for a in ("--setenv", k, v)]
-            argv = [*_bwrap_argv(sandbox.max_disk_mb), *env, *harness, "namespaced"]
-            self.isolation = ("bwrap", "userns", "pidns", "netns", "ro-root", "rlimits", *cgroup)
-        else:
-            argv = [*harness, "limits-only", *([self.cgroup.procs] if self.cgroup else [])]
-            self.isolation = ("limits-only", "rlimits", *cgroup)
-        return self.cgroup.wrap(argv) if self.cgroup else argv
-
-    def _start(self, sandbox: _Sandbox) -> None:
-        """Start the sandbox (cgroup, channels, scratch, process); on any failure, undo what was done."""
-        try:
-            parent = _pids_cgroup_parent()
-            self.cgroup = _Cgroup(parent, sandbox.max_processes) if parent else None
-            self.host_dir = None if sandbox.namespaced else tempfile.mkdtemp(prefix="ra3-sbx-")
-            self.ctl, server_ctl = socket.socketpair()
-            self.result, result_w = os.pipe()
-            try:
-                self.proc = subprocess.Popen(
-                    self._command(sandbox, server_ctl.fileno(), result_w), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(server_ctl.fileno(), result_w),
-                    cwd=self.host_dir or "/", env=_environment(self.host_dir or "/"), start_new_session=True)
-            finally:
-                server_ctl.close()
-                os.close(result_w)
-            self.selector = selectors.DefaultSelector()
-            for stream, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"),
-                                 (self.result, "result"), (self.ctl, "ctl")):
-                os.set_blocking(stream if isinstance(stream, int) else stream.fileno(), False)
-                self.selector.register(stream, selectors.EVENT_READ, name)
-        except BaseException:
-            if self.proc is not None:
-                self._stop()
-            else:
-                self._release()
-            raise
-        self.sandbox = sandbox
-
-    def run(self, job: Job, mode: str) -> Verdict:
-        """Run one job on this worker (starting or restarting it as needed) and judge it."""
-        start = time.monotonic()
-        deadline = start + job.limits.timeout
-        sandbox = _sandbox_for(job.limits)
-        if self.proc is None or self.sandbox != sandbox or self.proc.poll() is not None:
-            self.close()
-            self._start(sandbox)
-        nonce = secrets.token_hex(16)
-        payload = marshal.dumps({"nonce": nonce, "mode": mode, "program": job.program, "tests": _fields(job.tests),
-                                 "entry_point": job.entry_point, "limits": _fields(job.limits)})
-        caps = {"stdout": job.limits.max_output_kb << 10, "stderr": job.limits.max_output_kb << 10,
-                "result": (1 << 30) if mode == "record" else (1 << 20), "ctl": 4096}
-        streams = _Streams()
-        fin = self._exchange(len(payload).to_bytes(8, "little") + payload, streams, caps, deadline)
-        if fin is not None and fin[:2] == ["fin", nonce] and len(fin) == 4:
-            self._drain(streams, caps)  # every writer but the idle server is dead: this is all there is
-            returncode = int(fin[2])
-            if fin[3] != "ready":
-                self.close()
-        else:  # past the deadline, or the server is gone: the sandbox goes, with whatever it held
-            returncode = self._stop(streams, caps, grace=0.0 if streams.timed_out else 0.5)
-        return _verdict(streams, nonce, returncode, self.isolation, round(time.monotonic() - start, 4),
-                        empty_ok=mode == "record")
-
-    def _exchange(self, message: bytes, streams: _Streams, caps: dict[str, int],
-                  deadline: float) -> list[str] | None:
-        """Send the job; collect the three output streams until the server's `fin` line (returned, split)
-        or the deadline or the server's end (None)."""
-        try:  # the server reads whole jobs while idle and writes nothing meanwhile: no deadlock
-            self.ctl.settimeout(max(deadline - time.monotonic(), 1e-3))
-            self.ctl.sendall(message)
-        except TimeoutError:
-            streams.timed_out = True
-            return None
-        except OSError:
-            return None
-        while b"\n" not in streams.ctl:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                streams.timed_out = True
-                return None
-            for key, _ in self.selector.select(timeout=remaining):
-                if _read(key.fd, getattr(streams, key.data), caps[key.data]) == b"":
-                    return None  # EOF: the server held every write end, so it is gone
-        return streams.ctl.split(b"\n", 1)[0].decode(errors="replace").split(" ")
-
-    def _drain(self, streams: _Streams, caps: dict[str, int]) -> None:
-        """Read what is already in the pipes (at most 1 MiB each: a daemon that escaped a limits-only
-        worker may still be writing), without waiting for more."""
-        for key in self.selector.get_map().values():
-            for _ in range(16):
-                if not _read(key.fd, getattr(streams, key.data), caps[key.data]):
-                    break
-
-    def _stop(self, streams: _Streams | None = None, caps: dict[str, int] | None = None,
-              grace: float = 0.0) -> int:
-        """End the sandbox: after `grace` seconds for it to exit by itself, SIGKILL its process group (bwrap's
-        death takes its PID namespace with it); keep what it wrote; release the rest. Its exit status."""
-        proc = self.proc
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if streams is not None and caps is not None:
-            self._drain(streams, caps)
-        self._release()
-        return proc.returncode
-
-    def _release(self) -> None:
-        """Close our ends of the channels, empty the cgroup (its members die) and remove it, and remove the
-        host scratch directory (limits-only)."""
-        if self.selector is not None:
-            self.selector.close()
-        if self.proc is not None:
-            self.proc.stdout.close()
-            self.proc.stderr.close()
-        if self.result >= 0:
-            os.close(self.result)
-        if self.ctl is not None:
-            self.ctl.close()
-        if self.cgroup:
-            self.cgroup.destroy()
-        if self.host_dir:
-            shutil.rmtree(self.host_dir, ignore_errors=True)
-        self.proc = self.sandbox = self.cgroup = self.host_dir = self.ctl = self.selector = None
-        self.result = -1
-
-    def close(self) -> None:
-        """Hang up: the server reads EOF and exits, and its sandbox ends with it (killed if it does not)."""
-        if self.proc is not None:
-            self.ctl.close()
-            self._stop(grace=2.0)
+    why = f"the sandbox ended (status {outcome.returncode}) before the judge's verdict"
+    return verdict("error", outcome.ok_cases, outcome.ok_cases, why + (f": {last[0][:200]}" if last else "")), None
 
 
 def _fields(obj: Tests | Limits) -> dict[str, Any]:
@@ -472,43 +222,38 @@ def _fields(obj: Tests | Limits) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
-def _read(fd: int, buf: bytearray, cap: int) -> bytes | None:
-    """One non-blocking read into `buf`, keeping at most `cap` bytes (the rest is dropped so that a flood
-    cannot fill our memory, nor block the writer). The chunk, b"" at EOF, None if nothing is ready."""
-    try:
-        chunk = os.read(fd, 1 << 16)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except ConnectionResetError:
-        return b""
-    buf.extend(chunk[:max(cap - len(buf), 0)])
-    return chunk
+def _run_on(worker: Worker, job: Job, mode: str) -> tuple[Verdict, Any]:
+    """One job on `worker`: its verdict, and the recorded outputs in `record` mode."""
+    start = time.monotonic()
+    outcome = worker.run(job, mode, _setup_for(job.limits), _fields(job.tests), _fields(job.limits))
+    return _verdict(outcome, judge_name(job.tests, mode), round(time.monotonic() - start, 4), mode == "record")
 
 
 # --------------------------------------------------------------------------- the public entry points
 
 def run_job(job: Job) -> Verdict:
     """Run one program against its tests in a sandbox started for it (and ended after it)."""
-    worker = _Worker()
+    worker = Worker()
     try:
-        return worker.run(job, _MODE[type(job.tests)])
+        return _run_on(worker, job, _MODE[type(job.tests)])[0]
     finally:
         worker.close()
 
 
-def _run_pooled(jobs: Sequence[Job], mode: str | None, workers: int | None, desc: str | None) -> list[Verdict]:
+def _run_pooled(jobs: Sequence[Job], mode: str | None, workers: int | None,
+                desc: str | None) -> list[tuple[Verdict, Any]]:
     """Every job on one of `workers` threads, each thread with its own worker; all workers closed at the end.
     `mode` None: each job's own test mode."""
     threads = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     local, made, lock = threading.local(), [], threading.Lock()
 
-    def one(job: Job) -> Verdict:
+    def one(job: Job) -> tuple[Verdict, Any]:
         worker = getattr(local, "worker", None)
         if worker is None:
-            worker = local.worker = _Worker()
+            worker = local.worker = Worker()
             with lock:
                 made.append(worker)
-        return worker.run(job, mode or _MODE[type(job.tests)])
+        return _run_on(worker, job, mode or _MODE[type(job.tests)])
 
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -519,33 +264,28 @@ def _run_pooled(jobs: Sequence[Job], mode: str | None, workers: int | None, desc
                 results = tqdm(results, total=len(jobs), desc=desc, unit="prog")
             return list(results)
     finally:
-        for worker in made:  # hang up on every server first, so that they all exit at once
-            if worker.ctl is not None:
-                worker.ctl.close()
+        for worker in made:  # hang up on every judge first, so that they all exit at once
+            worker.hang_up()
         for worker in made:
             worker.close()
 
 
 def run_jobs(jobs: Sequence[Job], workers: int | None = None, desc: str | None = None) -> list[Verdict]:
     """Run many jobs in parallel (default: one worker per core); verdicts come back in input order."""
-    return _run_pooled(jobs, None, workers, desc)
-
-
-def _recording(verdict: Verdict) -> Recording:
-    if not verdict.passed:
-        return Recording(None, verdict)
-    outputs = pickle.loads(base64.b64decode(verdict.detail))  # trusted code only: see record_outputs
-    return Recording(outputs, dataclasses.replace(verdict, detail=""))
+    return [v for v, _ in _run_pooled(jobs, None, workers, desc)]
 
 
 def record_outputs(jobs: Sequence[Job], workers: int | None = None, desc: str | None = None) -> list[Recording]:
-    """Return values of TRUSTED reference code (canonical/expert solutions) on each job's inputs.
+    """Return values of reference code (canonical/expert solutions) on each job's inputs.
 
     Each job's tests must be a FunctionalTest (its `outputs` are ignored; no inputs give outputs []). The
-    values come back pickled, and unpickling runs code of the pickler's choosing: never call this on
-    generated programs.
+    values come back as plain values (`sandbox_wire`), checked by the judge: an output that is not plain
+    (an object, a generator, a regex match) makes the recording fail with `error`.
     """
     for job in jobs:
         if not isinstance(job.tests, FunctionalTest):
             raise SandboxError(f"record_outputs needs FunctionalTest jobs, got {type(job.tests).__name__}")
-    return [_recording(v) for v in _run_pooled(jobs, "record", workers, desc)]
+    recordings = []
+    for verdict, payload in _run_pooled(jobs, "record", workers, desc):
+        recordings.append(Recording(payload if verdict.passed else None, verdict))
+    return recordings

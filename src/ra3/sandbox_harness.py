@@ -1,46 +1,50 @@
-"""The trusted side of the sandbox: a fork server executed as a script *inside* the sandbox by `ra3.sandbox`.
+"""The program's side of the sandbox: a fork server run as a script *inside* the sandbox by `ra3.sandbox`.
 
-    python -s -B sandbox_harness.py --serve CTL_FD RESULT_FD namespaced|limits-only [CGROUP_PROCS]
+    python -s -B sandbox_harness.py --serve CTL_FD namespaced|limits-only UID|- CGROUP_PROCS|-
 
-Protocol. The parent sends jobs on CTL_FD (one end of a socket pair, never fd 0: bubblewrap's pid 1 keeps
-its stdin open, where a program could reopen it through /proc/1/fd/0; our stdin is /dev/null): an 8-byte
-little-endian length, then a marshalled dict with nonce, mode, program, tests, entry_point and limits.
-For each job we fork a child that sets the job's resource limits, runs the untrusted program and its
-tests, and writes its progress to RESULT_FD as text lines; its last line, written only after every test
-has run, is `end <nonce> <run> <passed> <status> <detail>`. A program that exits early (`sys.exit`,
-`os._exit`, a signal, killing us) never reaches that line, and cannot write it itself without the nonce,
-which is held only in local variables and never placed where the program's namespace can reach it by
-name. When the child has exited, the server kills every process the job left (in limits-only mode, the
-child's process group and, as root, every other member of the worker's cgroup CGROUP_PROCS), empties
-the scratch directory, checks that the job left nothing it cannot undo, and answers on CTL_FD, which the
-child closes before the program runs, so a program cannot forge it even knowing the nonce:
-`fin <nonce> <exit code of the child> ready|restart`. After `restart` it exits and the parent starts a
-fresh sandbox.
+This side holds no test, no expected output and no verdict: the judge (`sandbox_judge.py`, a process
+outside the sandbox) holds those. The judge sends each job on CTL_FD (a socket pair; never fd 0:
+bubblewrap's pid 1 keeps its stdin open): an 8-byte length with one file descriptor attached (SCM_RIGHTS),
+the job's own *call socket*, then a marshalled dict with mode, program, entry_point and limits. We fork a
+child (the *executor*) that closes CTL_FD, sets the job's resource limits, runs the program and then
+answers the judge's requests on the call socket with plain values (`sandbox_wire`): call a name or a
+handle, get or set an attribute, map the entry point over inputs, or run the program as a script on each
+stdin. When the judge has its verdict it sends one byte on CTL_FD; we kill every process of the job
+(inside a PID namespace, every process but us; in limits-only mode, the child's process group and, as
+root, every other member of the worker's cgroup CGROUP_PROCS), empty the scratch directory, remove SysV
+IPC objects and /dev/shm files the job made, check that the job left nothing we cannot undo, and answer
+`fin <exit code of the child> ready|restart`. After `restart` we exit and the parent starts a fresh
+sandbox.
+
+UID (limits-only mode, started as root): before the first job we drop to that unprivileged uid and gid,
+with no supplementary groups, an empty capability bounding set and no_new_privs; we refuse to serve if
+any of it did not take.
 
 Standard library only, and no import of `ra3`: this file runs under `python -s` with a scrubbed
-environment (not `-I`: it would ignore PYTHONHASHSEED). Modules a mode needs are imported by the server
-the first time it sees that mode, so later children find them loaded; `random` and `tempfile` are never
-imported here (a child would inherit the server's random state instead of seeding its own). `marshal`
-carries the job because, unlike `pickle`, it costs no import time.
+environment (not `-I`: it would ignore PYTHONHASHSEED). `random` and `tempfile` are never imported here
+(a child would inherit the server's random state instead of seeding its own).
 """
 
 import contextlib
 import ctypes
+import hashlib
 import marshal
 import math
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 
-_PLAIN_SCALARS = (int, bool, str, bytes, type(None))
-_PLAIN_KEYS = (*_PLAIN_SCALARS, float)
-_MODE_IMPORTS = {"functional": ("copy", "cmath"), "record": ("base64", "pickle", "cmath"),
-                 "stdio": ("subprocess",)}
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+import sandbox_wire as wire  # the sibling module; sys.path[0] is this file's directory until `serve` pops it
+
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 4, 36, 38, 24
+IPC_RMID = 0
 _LIMITED = (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC,
             resource.RLIMIT_CORE, resource.RLIMIT_NOFILE, resource.RLIMIT_MSGQUEUE)
+_MODE_IMPORTS = {"stdio": ("subprocess",)}
+STDIO_CAP = 64 << 20  # stdout bytes of one stdio case sent to the judge
 
 
 def _set_limits(limits: dict) -> None:
@@ -53,182 +57,152 @@ def _set_limits(limits: dict) -> None:
         resource.RLIMIT_NPROC: limits["max_processes"],
         resource.RLIMIT_CORE: 0,
         resource.RLIMIT_NOFILE: 256,
-        resource.RLIMIT_MSGQUEUE: 0,  # POSIX message queues would outlive the job in the worker's IPC namespace
+        resource.RLIMIT_MSGQUEUE: 0,  # POSIX message queues would outlive the job
     }
     for res, value in wanted.items():
         hard = value + 1 if res == resource.RLIMIT_CPU else value
         resource.setrlimit(res, (value, hard))
 
 
-def _plain_key(value) -> bool:
-    """A dict key or set element whose hash and equality no program can override."""
-    if type(value) is tuple:
-        return all(_plain_key(v) for v in value)
-    return type(value) in _PLAIN_KEYS
+# --------------------------------------------------------------------------- the executor (one job)
+
+def _export(value, handles: list, depth: int = 0):
+    """`value` as plain data for the judge: subclasses of plain types become their base values, numpy
+    scalars their Python values, anything else a handle (Ellipsis, n) to `handles[n]`."""
+    kind = type(value)
+    if kind in wire.SCALARS:
+        return value
+    if depth > wire.MAX_DEPTH:
+        raise ValueError("output nested too deeply to send")
+    for base, exact in ((int, int.__int__), (float, float.__float__), (str, str.__str__), (bytes, bytes.__bytes__),
+                        (complex, complex.__complex__)):
+        if isinstance(value, base):
+            return exact(value)
+    if isinstance(value, dict):
+        return {_export(k, handles, depth + 1): _export(v, handles, depth + 1) for k, v in dict.items(value)}
+    for base in (list, tuple, set, frozenset):
+        if isinstance(value, base):
+            return base(_export(v, handles, depth + 1) for v in base.__iter__(value))
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return _export(value.item(), handles, depth + 1)
+    handles.append(value)
+    return (Ellipsis, len(handles) - 1)
 
 
-def _make_equal(atol: float):
-    """Value equality that a returned object cannot fake by overriding __eq__ (types are checked first)."""
-    import cmath
-
-    isclose, isnan = math.isclose, math.isnan
-
-    def equal(out, exp) -> bool:
-        if type(exp) is float:
-            if type(out) not in (float, int):
-                return False
-            if isnan(exp) or isnan(out):
-                return isnan(exp) and isnan(out)
-            return isclose(out, exp, rel_tol=1e-7, abs_tol=atol)
-        if type(exp) is complex:
-            if type(out) not in (complex, float, int):
-                return False
-            if cmath.isnan(exp) or cmath.isnan(out):
-                return cmath.isnan(exp) and cmath.isnan(out)
-            return cmath.isclose(out, exp, rel_tol=1e-7, abs_tol=atol)
-        if type(exp) in (list, tuple):
-            return (type(out) is type(exp) and len(out) == len(exp)
-                    and all(equal(o, e) for o, e in zip(out, exp, strict=True)))
-        if type(exp) is dict:  # keys are checked plain before `in` hashes them
-            return (type(out) is dict and len(out) == len(exp)
-                    and all(_plain_key(k) and k in exp and equal(v, exp[k]) for k, v in out.items()))
-        if type(exp) in (set, frozenset):
-            return type(out) is type(exp) and all(_plain_key(v) for v in out) and out == exp
-        if type(exp) in (int, bool) and type(out) in (int, bool, float):
-            return out == exp  # EvalPlus and LiveCodeBench accept 2.0 for 2
-        return type(out) is type(exp) and type(exp) in _PLAIN_SCALARS and out == exp
-
-    return equal
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    return text[:300]
-
-
-def _exec_program(program: str) -> dict:
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    exec(compile(program, "<program>", "exec"), namespace)
-    return namespace
-
-
-def _run_script(job: dict, report) -> tuple:
-    """ScriptTest: the program followed by its test code; passing means reaching the end."""
+def _exc(e: BaseException) -> tuple:
     try:
-        _exec_program(job["program"] + "\n" + job["tests"]["code"] + "\n")
-    except AssertionError as e:
-        return 1, 0, "fail", _one_line(e) if str(e) else "AssertionError"
-    except BaseException as e:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from the program are failures too
-        return 1, 0, "error", _one_line(e)
-    return 1, 1, "pass", ""
+        text = str(e)[:300]
+    except BaseException:  # noqa: BLE001 - the program's own __str__
+        text = "?"
+    return ("exc", type(e).__name__, text)
 
 
-def _run_functional(job: dict, report) -> tuple:
-    """FunctionalTest: call the entry point on each input; stop at the first wrong or failing case."""
-    import copy
-
-    tests, equal = job["tests"], _make_equal(job["tests"]["atol"])
+def _send(sock: socket.socket, reply: tuple, handles: list) -> None:
+    """A reply; a value marshal cannot carry (subclass, object) is exported first."""
     try:
-        fn = _exec_program(job["program"])[job["entry_point"]]
-    except BaseException as e:  # noqa: BLE001
-        return 0, 0, "error", _one_line(e)
-    for i, (args, expected) in enumerate(zip(tests["inputs"], tests["outputs"], strict=True)):
+        data = wire.frame(reply)
+    except ValueError:
         try:
-            out = fn(*copy.deepcopy(args))
-        except BaseException as e:  # noqa: BLE001
-            return i + 1, i, "error", f"input #{i}: {_one_line(e)}"
-        if not equal(out, expected):
-            return i + 1, i, "fail", f"input #{i}: wrong output {repr(out)[:120]}"
-        report(i)
-    n = len(tests["inputs"])
-    return n, n, "pass", ""
+            data = wire.frame((reply[0], _export(reply[1], handles)))
+        except (ValueError, RecursionError) as e:
+            data = wire.frame(_exc(e))
+    sock.sendall(data)
 
 
-def _same_tokens(out: str, exp: str) -> bool:
-    a, b = out.split(), exp.split()
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x == y:
-            continue
+def _do(request: tuple, namespace: dict, handles: list):
+    """One request of the judge: ("get", name), ("call", ref, args, kwargs), ("getattr"/"setattr", ...)."""
+    kind, ref = request[0], request[1]
+    if kind == "get":
+        if ref not in namespace:
+            raise NameError(f"name '{ref}' is not defined")
+        return namespace[ref]
+    target = handles[ref] if type(ref) is int else namespace[ref]
+    args = wire.checked(request[2:], handles.__getitem__)
+    if kind == "call":
+        return target(*args[0], **args[1])
+    if kind == "getattr":
+        return getattr(target, args[0])
+    if kind == "setattr":
+        return setattr(target, args[0], args[1])
+    raise ValueError(f"unknown request {kind!r}")
+
+
+def _map(sock: socket.socket, namespace: dict, request: tuple, handles: list) -> None:
+    """Call the entry point on every input and stream each output (or its digest); stop at an exception."""
+    _, name, inputs, digest = request
+    try:
+        fn = namespace[name]
+    except KeyError:
+        return _send(sock, ("exc", "NameError", f"name '{name}' is not defined"), handles)
+    for args in inputs:
         try:
-            if not math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6):
-                return False
-        except ValueError:
-            return False
-    return True
+            out = fn(*args)
+            if digest:  # outputs too large to ship: SHA-256 of repr, as the reference was recorded
+                out = hashlib.sha256(repr(out).encode()).hexdigest()
+        except BaseException as e:  # noqa: BLE001 - the program's exceptions are answers too
+            return _send(sock, _exc(e), handles)
+        _send(sock, ("ret", out), handles)
+    return None
 
 
-def _run_stdio(job: dict, report, deadline: float) -> tuple:
-    """StdioTest: run the program as a script per case (in its own process) and compare stdout tokens."""
+def _stdio(sock: socket.socket, request: tuple, deadline: float) -> None:
+    """Run program.py once per stdin (each in a fresh interpreter) and send back each exit and stdout."""
     import subprocess
 
-    with open("program.py", "w") as f:
-        f.write(job["program"])
-    tests = job["tests"]
-    for i, (stdin, expected) in enumerate(zip(tests["inputs"], tests["outputs"], strict=True)):
+    for stdin in request[1]:
         with open("stdout.txt", "wb") as out:
             try:
-                proc = subprocess.run([sys.executable, "-s", "-B", "program.py"], input=stdin.encode(),
-                                      stdout=out, stderr=subprocess.DEVNULL,
-                                      timeout=max(0.05, deadline - time.monotonic()))
+                proc = subprocess.run([sys.executable, "-s", "-B", "program.py"], input=stdin.encode(), stdout=out,
+                                      stderr=subprocess.DEVNULL, timeout=max(0.05, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                return i + 1, i, "error", f"case #{i}: time limit"
-        if proc.returncode != 0:
-            return i + 1, i, "error", f"case #{i}: exit status {proc.returncode}"
-        with open("stdout.txt", errors="replace") as f:
-            if not _same_tokens(f.read(), expected):
-                return i + 1, i, "fail", f"case #{i}: wrong output"
-        report(i)
-    n = len(tests["inputs"])
-    return n, n, "pass", ""
+                return sock.sendall(wire.frame(("out", None, b"")))
+        with open("stdout.txt", "rb") as f:
+            sock.sendall(wire.frame(("out", proc.returncode, f.read(STDIO_CAP))))
+    return None
 
 
-def _record(job: dict, report) -> tuple:
-    """Trusted reference code only: the return values travel back pickled, base64, as the detail."""
-    import base64
-    import pickle
-
-    fn = _exec_program(job["program"])[job["entry_point"]]
-    outputs = [fn(*args) for args in job["tests"]["inputs"]]
-    n = len(outputs)
-    return n, n, "pass", base64.b64encode(pickle.dumps(outputs)).decode()
-
-
-# --------------------------------------------------------------------------- one job, in a forked child
-
-def _run_job(job: dict, nonce: str, result_fd: int) -> None:
-    """Run one job in this (forked) process and write its nonce-carrying lines; then exit."""
-    write = os.write
+def _execute(job: dict, sock: socket.socket) -> None:
+    """Run the program, say `ready` (or how it failed), then answer the judge until it hangs up."""
     deadline = time.monotonic() + job["limits"]["timeout"]
-    _set_limits(job["limits"])  # stdin is already /dev/null, and `sys.stdin` unread: the server saw to both
+    handles: list = []
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    if job["mode"] == "stdio":
+        with open("program.py", "w") as f:
+            f.write(job["program"])
+    else:
+        try:
+            exec(compile(job["program"], "<program>", "exec"), namespace)
+        except BaseException as e:  # noqa: BLE001 - SystemExit from the program is a failure too
+            return _send(sock, _exc(e), handles)
+    _send(sock, ("ready",), handles)
+    while (body := wire.read_frame(sock.recv, 1 << 40)) is not None:  # the judge is the only writer
+        request = wire.loads(body)
+        if request[0] == "map":
+            _map(sock, namespace, request, handles)
+        elif request[0] == "stdio":
+            _stdio(sock, request, deadline)
+        else:
+            try:
+                reply = ("ret", _do(request, namespace, handles))
+            except BaseException as e:  # noqa: BLE001
+                reply = _exc(e)
+            _send(sock, reply, handles)
+    return None
 
-    def report(case: int) -> None:  # a passed case, authenticated like the final line
-        write(result_fd, f"ok {nonce} {case}\n".encode())
 
-    runners = {"script": _run_script, "functional": _run_functional, "record": _record,
-               "stdio": lambda j, r: _run_stdio(j, r, deadline)}
-    try:
-        run, passed, status, detail = runners[job["mode"]](job, report)
-    except BaseException as e:  # noqa: BLE001 - the harness must always try to report
-        run, passed, status, detail = 0, 0, "error", _one_line(e)
-        print(f"ra3 sandbox harness: {detail}", file=sys.stderr)
-    write(result_fd, f"end {nonce} {run} {passed} {status} {detail}\n".encode())
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter teardown: the program may have left threads or broken atexit hooks
-
-
-def _child(job: dict, nonce: str, ctl: int, result_fd: int, libc) -> None:
-    """The forked child: drop what only the server may hold, then run the job. Never returns."""
+def _child(job: dict, ctl: int, call_fd: int, libc) -> None:
+    """The forked executor: drop what only the server may hold, then run the job. Never returns."""
     try:
         os.close(ctl)  # the job channel and the `fin` line belong to the server alone
         os.setsid()  # limits-only mode kills the job by its process group
-        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # the job's own /proc files stay its own, as in a fresh process
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # the job's own /proc files stay its own
         del sys.argv[1:]
-        _run_job(job, nonce, result_fd)
+        _set_limits(job["limits"])
+        _execute(job, socket.socket(fileno=call_fd))
+        sys.stdout.flush()
+        sys.stderr.flush()
     finally:
-        os._exit(70)  # never fall back into the server's loop
+        os._exit(0)  # skip interpreter teardown: the program may have left threads or broken atexit hooks
 
 
 # --------------------------------------------------------------------------- the server, between jobs
@@ -248,30 +222,31 @@ def _kill_cgroup(procs: str) -> None:
     raise SystemExit("ra3 sandbox harness: processes of the last job survive SIGKILL")
 
 
-def _reap(child: int, namespaced: bool, cgroup_procs: str) -> int:
-    """Wait for the job's child, SIGKILL every process the job left, reap them; the child's exit code."""
-    _, status = os.waitpid(child, 0)
+def _end_job(child: int, namespaced: bool, cgroup_procs: str) -> int:
+    """SIGKILL the job's child and every process the job left, reap them; the child's exit code."""
     if not namespaced:
         # without a cgroup, daemons that left the child's session escape this (documented in ra3.sandbox)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child, signal.SIGKILL)
         if cgroup_procs:
             _kill_cgroup(cgroup_procs)
-        return os.waitstatus_to_exitcode(status)
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
     # Inside our PID namespace, kill(-1) reaches every process but pid 1 (bubblewrap's init) and us. Outside
     # one, as root, it would kill the whole machine: `serve` refuses to start there, and this re-checks.
     if os.getpid() > 3:
         raise SystemExit("ra3 sandbox harness: not in a PID namespace; refusing kill(-1)")
+    status = None
     for _ in range(100):
         try:
             os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            return os.waitstatus_to_exitcode(status)
+        except ProcessLookupError:  # nothing left, not even a zombie: the child is reaped
+            return os.waitstatus_to_exitcode(status) if status is not None else -1
         while True:  # as child subreaper we inherit every orphan of the job: reap until none is left
             try:
-                os.waitpid(-1, 0)
+                pid, wstatus = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
+            status = wstatus if pid == child else status
     raise SystemExit("ra3 sandbox harness: processes of the last job survive SIGKILL")
 
 
@@ -295,44 +270,84 @@ def _state() -> tuple:
             os.sched_getaffinity(0), os.sched_getscheduler(0))
 
 
-def _sysv_ipc_left() -> bool:
-    """SysV IPC objects live in the worker's IPC namespace, not in any process: the next job would see them."""
+def _shared_memory(namespaced: bool) -> set:
+    """SysV IPC objects and /dev/shm files that jobs of this worker could have made: in a namespace, all of
+    them (the IPC namespace is the worker's own); otherwise those owned by our uid."""
+    uid, found = os.getuid(), set()
     for kind in ("shm", "sem", "msg"):
         with open(f"/proc/sysvipc/{kind}") as f:
-            if len(f.read().splitlines()) > 1:
-                return True
-    return False
+            header, *rows = [line.split() for line in f]
+        for row in rows:
+            if namespaced or int(row[header.index("uid")]) == uid:
+                found.add((kind, int(row[1])))
+    with contextlib.suppress(FileNotFoundError), os.scandir("/dev/shm") as it:
+        found |= {("file", e.path) for e in it if namespaced or e.stat(follow_symlinks=False).st_uid == uid}
+    return found
 
 
-def _clean(scratch: str, mode: int, baseline: tuple, namespaced: bool) -> bool:
-    """Undo the job: empty the scratch directory; True if nothing of the job is left that we know of."""
+def _remove(objects: set, libc) -> None:
+    """Remove SysV IPC objects (IPC_RMID; a segment goes when its last user has) and /dev/shm files."""
+    calls = {"shm": lambda i: libc.shmctl(i, IPC_RMID, None), "sem": lambda i: libc.semctl(i, 0, IPC_RMID),
+             "msg": lambda i: libc.msgctl(i, IPC_RMID, None)}
+    for kind, ident in objects:
+        if kind == "file":
+            with contextlib.suppress(OSError):
+                os.unlink(ident)
+        else:
+            calls[kind](ident)
+
+
+def _clean(scratch: str, mode: int, baseline: tuple, namespaced: bool, ipc_before: set, libc) -> bool:
+    """Undo the job: empty the scratch directory, remove the shared memory it made; True if nothing of the
+    job is left that we know of."""
     try:
         _empty_dir(scratch)
         os.chmod(scratch, mode)
     except (OSError, RecursionError):
         return False
-    return _state() == baseline and not (namespaced and _sysv_ipc_left())
+    made = _shared_memory(namespaced) - ipc_before
+    if made and not namespaced:  # in a namespace the worker is replaced instead
+        _remove(made, libc)
+        made = _shared_memory(namespaced) - ipc_before
+    return _state() == baseline and not made
 
 
-def _read_job(ctl: int) -> dict | None:
-    """The next job from the parent, or None when it has closed the channel."""
-    data = bytearray()
-    need = 8
-    while len(data) < need:
-        chunk = os.read(ctl, min(need - len(data), 1 << 20))
-        if not chunk:
-            return None
-        data += chunk
-        if need == 8 and len(data) == 8:
-            need += int.from_bytes(data, "little")
-    return marshal.loads(bytes(data[8:]))
+def _drop_privileges(uid: int, libc) -> None:
+    """Limits-only mode as root: become `uid` (gid too) with no groups, no capabilities, no_new_privs."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    caps = [int(status[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]
+    if os.getresuid() != (uid,) * 3 or os.getgroups() or any(caps):
+        raise SystemExit(f"ra3 sandbox harness: could not drop to uid {uid} without capabilities")
 
 
-def serve(ctl: int, result_fd: int, namespaced: bool, cgroup_procs: str = "") -> None:
-    """Run jobs from `ctl` one at a time, each in a forked child, until the parent closes `ctl`."""
+def _read_job(ctl: socket.socket) -> tuple[dict, int] | None:
+    """The next job and its call socket from the judge, or None when it has hung up."""
+    head, fds, _, _ = socket.recv_fds(ctl, wire.HEADER, 1)
+    if not head:
+        return None
+    if len(fds) != 1:
+        raise SystemExit("ra3 sandbox harness: a job came without its call socket")
+    rest = wire.read_exactly(ctl.recv, wire.HEADER - len(head)) if len(head) < wire.HEADER else b""
+    body = wire.read_exactly(ctl.recv, int.from_bytes(head + (rest or b""), "little"))
+    return (marshal.loads(body), fds[0]) if body is not None else None
+
+
+def serve(ctl_fd: int, namespaced: bool, uid: int | None, cgroup_procs: str = "") -> None:
+    """Run jobs from the judge one at a time, each in a forked child, until the judge hangs up."""
     if namespaced and os.getpid() > 3:
         raise SystemExit("ra3 sandbox harness: --serve namespaced outside a PID namespace")
     libc = ctypes.CDLL(None, use_errno=True)
+    if uid is not None:
+        _drop_privileges(uid, libc)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binary gives a job back what we dropped
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no job may ptrace us or open /proc/<us>/fd, mem or environ
     if namespaced:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come to us, so we can reap them all
@@ -341,24 +356,29 @@ def serve(ctl: int, result_fd: int, namespaced: bool, cgroup_procs: str = "") ->
     devnull = os.open(os.devnull, os.O_RDONLY)  # the parent gives us /dev/null already; make sure of it
     os.dup2(devnull, 0)
     os.close(devnull)
+    ctl = socket.socket(fileno=ctl_fd)
     scratch, baseline = os.getcwd(), _state()
     mode = os.stat(scratch).st_mode & 0o7777
-    while (job := _read_job(ctl)) is not None:
-        nonce = job.pop("nonce")
+    ipc_before = set() if (namespaced or uid is not None) else _shared_memory(False)
+    while (received := _read_job(ctl)) is not None:
+        job, call_fd = received
         for name in _MODE_IMPORTS.get(job["mode"], ()):
             __import__(name)
         child = os.fork()
         if child == 0:
-            _child(job, nonce, ctl, result_fd, libc)
+            _child(job, ctl_fd, call_fd, libc)
+        os.close(call_fd)
         del job
-        code = _reap(child, namespaced, cgroup_procs)
-        clean = _clean(scratch, mode, baseline, namespaced)
-        os.write(ctl, f"fin {nonce} {code} {'ready' if clean else 'restart'}\n".encode())
-        if not clean:
+        stop = ctl.recv(1)  # the judge has its verdict (or has hung up: end the job all the same)
+        code = _end_job(child, namespaced, cgroup_procs)
+        clean = _clean(scratch, mode, baseline, namespaced, ipc_before, libc)
+        ctl.sendall(f"fin {code} {'ready' if clean and stop else 'restart'}\n".encode())
+        if not (clean and stop):
             return
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (5, 6) or sys.argv[1] != "--serve" or sys.argv[4] not in ("namespaced", "limits-only"):
-        raise SystemExit("usage: sandbox_harness.py --serve CTL_FD RESULT_FD namespaced|limits-only [CGROUP_PROCS]")
-    serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "namespaced", "".join(sys.argv[5:]))
+    if len(sys.argv) != 6 or sys.argv[1] != "--serve" or sys.argv[3] not in ("namespaced", "limits-only"):
+        raise SystemExit("usage: sandbox_harness.py --serve CTL_FD namespaced|limits-only UID|- CGROUP_PROCS|-")
+    serve(int(sys.argv[2]), sys.argv[3] == "namespaced", None if sys.argv[4] == "-" else int(sys.argv[4]),
+          "" if sys.argv[5] == "-" else sys.argv[5])
