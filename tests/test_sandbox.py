@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
-from ra3 import sandbox
+from ra3 import sandbox, sandbox_worker
 from ra3.sandbox import FunctionalTest, Job, Limits, ScriptTest, StdioTest, run_job, run_jobs
 
 FAST = Limits(timeout=3.0)
@@ -25,22 +26,30 @@ namespaced = pytest.mark.skipif(not sandbox._bwrap_works() and not os.environ.ge
                                 reason="bubblewrap namespaces unavailable on this machine")
 # The job a worker runs before and after each attack: its scratch directory must be empty, no process of
 # the attack alive, and its own limits those it asked for.
-CANARY = Job("import os\nx = 1\n", ScriptTest(textwrap.dedent("""
-    assert x == 1 and os.listdir('.') == [], os.listdir('.')
-    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
+# (The checks run in the program's process, which is the one that sees the sandbox; the judge asserts on
+# what they found.)
+CANARY = Job(textwrap.dedent("""
+    import os
+    x = 1
+    left = os.listdir('.')
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
     files = [open('/dev/null') for _ in range(200)]
+    survivors = []
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
-            assert b'1234.5678' not in open(f'/proc/{pid}/cmdline', 'rb').read(), 'a daemon survived'
+            if b'1234.5678' in open(f'/proc/{pid}/cmdline', 'rb').read():
+                survivors.append(pid)
         except OSError:
             pass
-""")), limits=FAST)
+"""), ScriptTest("assert x == 1 and left == [], left\nassert priority == 0\nassert survivors == [], 'a daemon survived'\n"),
+    limits=FAST)
 # ... and in a worker of its own, where SysV IPC objects would be the last job's
-CANARY_NS = Job(CANARY.program, ScriptTest(CANARY.tests.code + textwrap.dedent("""
-    for kind in ('shm', 'sem', 'msg'):
-        assert len(open(f'/proc/sysvipc/{kind}').read().splitlines()) == 1, f'SysV {kind} left'
-    assert os.sched_getaffinity(0) == os.sched_getaffinity(1)  # pid 1: bubblewrap's init, untouched by jobs
-""")), limits=FAST)
+CANARY_NS = Job(CANARY.program + textwrap.dedent("""
+    sysv = [kind for kind in ('shm', 'sem', 'msg') if len(open(f'/proc/sysvipc/{kind}').read().splitlines()) != 1]
+    shm = os.listdir('/dev/shm')
+    affinity_ok = os.sched_getaffinity(0) == os.sched_getaffinity(1)  # pid 1: bwrap's init, untouched by jobs
+"""), ScriptTest(CANARY.tests.code + "assert sysv == [] and shm == [], (sysv, shm)\nassert affinity_ok\n"),
+    limits=FAST)
 NAMESPACE = "import os, sys\nprint(os.readlink('/proc/self/ns/pid'), file=sys.stderr)\n"  # which worker ran us
 
 
@@ -269,11 +278,12 @@ def test_leftovers_are_dead_before_the_next_job_on_the_worker():
     check = """
         import os
         pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+        expected_pids = [1, os.getppid(), os.getpid()]
         sleeping = [p for p in pids if b'1234.5678' in open(f'/proc/{p}/cmdline', 'rb').read()]
     """
     a, b = run_jobs([Job(NAMESPACE + textwrap.dedent(DAEMON), ScriptTest("pass"), limits=FAST),
                      Job(NAMESPACE + textwrap.dedent(check), ScriptTest(
-                         "assert sleeping == [], sleeping\nassert pids == [1, os.getppid(), os.getpid()], pids"),
+                         "assert sleeping == [], sleeping\nassert pids == expected_pids, pids"),
                          limits=FAST)], workers=1)
     assert a.passed and b.passed, b
     assert a.stderr_tail == b.stderr_tail  # one PID namespace: the same worker ran both
@@ -350,7 +360,8 @@ def test_workers_are_closed_when_run_jobs_returns():
 
 
 @namespaced
-def test_a_job_needing_other_sandbox_limits_gets_a_worker_with_them():
+def test_a_job_needing_other_sandbox_limits_gets_a_worker_with_them(monkeypatch):
+    limits_only_python(monkeypatch)
     fill = Job("ok = True\ntry:\n    open('f', 'wb').write(b'x' * (16 << 20))\nexcept OSError:\n    ok = False\n",
                ScriptTest("assert ok"), limits=Limits(max_disk_mb=64))
     small = Job(fill.program, fill.tests, limits=Limits(max_disk_mb=8))
@@ -454,7 +465,30 @@ def test_record_outputs_returns_reference_values():
         sandbox.record_outputs([Job("x = 1", ScriptTest("pass"))])
 
 
+def limits_only_python(monkeypatch) -> None:
+    """Limits-only mode as root runs programs as an unprivileged uid, which may not be able to read this
+    Python (a pyenv under /root): use the system's, as the sandbox's one-line error advises."""
+    if os.geteuid() != 0 or sandbox_worker._unprivileged_python_works(sys.executable, sandbox_worker.SANDBOX_UID_BASE):
+        return
+    for python in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if Path(python).exists() and sandbox_worker._unprivileged_python_works(python, sandbox_worker.SANDBOX_UID_BASE):
+            monkeypatch.setenv("RA3_SANDBOX_PYTHON", python)
+            return
+    pytest.fail("no Python that an unprivileged uid can run: limits-only mode as root cannot be tested")
+
+
+def test_limits_only_as_root_without_a_readable_python_is_a_one_line_error(monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("not root: limits-only mode keeps the invoking user")
+    monkeypatch.setattr(sandbox, "_bwrap_works", lambda: False)
+    monkeypatch.setattr(sandbox, "_warn_limits_only", lambda: None)
+    monkeypatch.setenv("RA3_SANDBOX_PYTHON", "/nonexistent/python3")
+    with pytest.raises(sandbox.SandboxError, match=r"^limits-only mode as root .*install bubblewrap.*RA3_SANDBOX_PYTHON"):
+        run_job(Job("x = 1", ScriptTest("assert x == 1"), limits=FAST))
+
+
 def test_limits_only_fallback_is_loud_and_recorded(monkeypatch, caplog):
+    limits_only_python(monkeypatch)
     monkeypatch.setattr(sandbox, "_bwrap_works", lambda: False)
     sandbox._warn_limits_only.cache_clear()
     with caplog.at_level(logging.WARNING, logger="ra3.sandbox"):
@@ -472,6 +506,7 @@ def test_limits_only_fallback_is_loud_and_recorded(monkeypatch, caplog):
 def test_limits_only_daemons_die_between_jobs_as_root(monkeypatch):
     if sandbox._pids_cgroup_parent() is None:
         pytest.skip("not root: in limits-only mode daemons that leave the job's session escape (documented)")
+    limits_only_python(monkeypatch)
     monkeypatch.setattr(sandbox, "_bwrap_works", lambda: False)
     monkeypatch.setattr(sandbox, "_warn_limits_only", lambda: None)
     verdicts = run_jobs([Job(textwrap.dedent(DAEMON), ScriptTest("pass"), limits=FAST), CANARY], workers=1)
@@ -481,13 +516,13 @@ def test_limits_only_daemons_die_between_jobs_as_root(monkeypatch):
 def test_no_cgroups_left_behind(monkeypatch):
     if sandbox._pids_cgroup_parent() is None:
         pytest.skip("no writable pids cgroup (not root): RLIMIT_NPROC applies instead")
-    made, real_init = [], sandbox._Cgroup.__init__
+    made, real_init = [], sandbox_worker.Cgroup.__init__
 
     def init(self, *args):  # ours only: other checkouts on the machine may be making cgroups of their own
         real_init(self, *args)
         made.append(self.path)
 
-    monkeypatch.setattr(sandbox._Cgroup, "__init__", init)
+    monkeypatch.setattr(sandbox_worker.Cgroup, "__init__", init)
     script("x = 1", "assert True")
     run_jobs([Job("x = 1", ScriptTest("assert x == 1"), limits=FAST)] * 4, workers=2)
     script("while True:\n    pass", limits=Limits(timeout=0.5))

@@ -378,6 +378,8 @@ def serve(ctl_fd: int, namespaced: bool, uid: int | None, cgroup_procs: str = ""
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--probe"]:  # can this interpreter, as this user, run us? (the import above did)
+        raise SystemExit(0)
     if len(sys.argv) != 6 or sys.argv[1] != "--serve" or sys.argv[3] not in ("namespaced", "limits-only"):
         raise SystemExit("usage: sandbox_harness.py --serve CTL_FD namespaced|limits-only UID|- CGROUP_PROCS|-")
     serve(int(sys.argv[2]), sys.argv[3] == "namespaced", None if sys.argv[4] == "-" else int(sys.argv[4]),

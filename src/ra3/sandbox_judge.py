@@ -35,6 +35,7 @@ import marshal
 import math
 import os
 import resource
+import signal
 import socket
 import sys
 
@@ -100,6 +101,7 @@ class Program:
     def __init__(self, sock: socket.socket, cap: int) -> None:
         self.sock, self.cap = sock, cap
         self.handles: dict[int, Remote] = {}
+        self.gone = False  # its process ended (or its socket broke) while we waited on it
 
     def _handle(self, n: int) -> Remote:
         if n not in self.handles:
@@ -110,6 +112,7 @@ class Program:
         try:
             self.sock.sendall(wire.frame(message))
         except OSError as e:
+            self.gone = True
             raise ProgramGone(f"the program's process is gone ({type(e).__name__})") from None
 
     def receive(self) -> tuple:
@@ -119,6 +122,7 @@ class Program:
             reply = None if body is None else wire.checked(wire.loads(body), self._handle)
         except (OSError, wire.WireError) as e:
             raise ProgramGone(f"bad reply from the program: {e}") from None
+        self.gone = reply is None
         if type(reply) is not tuple or not reply or type(reply[0]) is not str:
             raise ProgramGone("the program's process ended before the tests finished" if reply is None
                               else "malformed reply from the program")
@@ -323,6 +327,7 @@ def _judge_child(job: dict, sock: socket.socket, out: int) -> None:
     def report(case: int) -> None:
         write(out, wire.frame(("ok", case)))
 
+    program = None
     try:
         limits = job["limits"]
         if job["mode"] != "record":  # the tests are trusted, but the values they see are not
@@ -335,10 +340,11 @@ def _judge_child(job: dict, sock: socket.socket, out: int) -> None:
         result = (0, 0, "error", str(e))
     except BaseException as e:  # noqa: BLE001 - the judge must always say something
         result = (0, 0, "error", f"judge: {_one_line(e)}")
+    gone = program is not None and program.gone
     try:
-        data = wire.frame(("end", *result))
+        data = wire.frame(("end", *result, gone))
     except ValueError as e:
-        data = wire.frame(("end", 0, 0, "error", f"judge: {_one_line(e)}"))
+        data = wire.frame(("end", 0, 0, "error", f"judge: {_one_line(e)}", gone))
     with contextlib.suppress(OSError):
         while data:
             data = data[write(out, data):]
@@ -352,12 +358,12 @@ def _relay(verdicts: int, parent: socket.socket, nonce: str) -> tuple:
         try:
             body = wire.read_frame(lambda n: os.read(verdicts, n), DEFAULT_REPLY_CAP << 6)
         except wire.WireError as e:
-            return (0, 0, "error", f"judge: {e}")
+            return (0, 0, "error", f"judge: {e}", False)
         if body is None:
-            return end or (0, 0, "error", "judge: ended without a verdict")
+            return end or (0, 0, "error", "judge: ended without a verdict", False)
         message = marshal.loads(body)
         if end is not None:
-            return (end[0], end[1], "fail", "judge: more than one verdict")
+            return (end[0], end[1], "fail", "judge: more than one verdict", False)
         if message[0] == "ok":
             parent.sendall(wire.frame(("ok", nonce, message[1])))
         else:
@@ -392,7 +398,9 @@ def _judge(job: dict, nonce: str, parent: socket.socket, sandbox: socket.socket)
     finally:
         os.close(verdicts)
         os.waitpid(child, 0)
-    parent.sendall(wire.frame(("verdict", nonce, *result)))
+    *result, gone = result
+    if not gone:  # the verdict first: a sandbox that does not end the job cannot hold it back
+        parent.sendall(wire.frame(("verdict", nonce, *result)))
     sandbox.sendall(b"s")  # the verdict is in: the sandbox may end the job
     fin = b""
     while not fin.endswith(b"\n"):
@@ -400,8 +408,11 @@ def _judge(job: dict, nonce: str, parent: socket.socket, sandbox: socket.socket)
         if not chunk:
             return None
         fin += chunk
-    _, code, state = fin.decode().split()
-    return ("fin", nonce, int(code), state == "ready")
+    code = int(fin.split()[1])
+    if gone:  # the program's process ended early: say how
+        how = f"killed by signal {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit status {code}"
+        parent.sendall(wire.frame(("verdict", nonce, *result[:3], f"{result[3]} ({how})")))
+    return ("fin", nonce, code, fin.split()[2] == b"ready")
 
 
 def serve(parent_fd: int, sandbox_fd: int) -> None:

@@ -92,6 +92,32 @@ def pids_cgroup_parent() -> Path | None:
     return None
 
 
+def program_python() -> str:
+    """The interpreter that runs programs: $RA3_SANDBOX_PYTHON, else this one."""
+    return os.environ.get("RA3_SANDBOX_PYTHON") or sys.executable
+
+
+@cache
+def _unprivileged_python_works(python: str, uid: int) -> bool:
+    """Whether `uid` can run `python` and the harness (a Python under /root, for one, it cannot)."""
+    try:
+        probe = subprocess.run([python, "-s", "-B", str(HARNESS), "--probe"], user=uid, group=uid,
+                               extra_groups=[], capture_output=True, cwd="/", timeout=60)
+    except OSError:  # cannot even execute it
+        return False
+    return probe.returncode == 0
+
+
+def _unprivileged_uid() -> int:
+    """A fresh uid for a limits-only worker run as root; SandboxError if it could not run Python."""
+    python = program_python()
+    if not _unprivileged_python_works(python, SANDBOX_UID_BASE):
+        raise SandboxError(f"limits-only mode as root runs programs as an unprivileged uid, which cannot run "
+                           f"{python}: install bubblewrap (apt-get install bubblewrap), or set RA3_SANDBOX_PYTHON "
+                           f"to a Python that every user can read (e.g. /usr/bin/python3)")
+    return SANDBOX_UID_BASE + 1 + (os.getpid() * 64 + next(_uids)) % (1 << 24)
+
+
 def _environment(workdir: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
             "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -175,7 +201,7 @@ class Worker:
     def _server_argv(self, setup: Setup, ctl: int, uid: int | None) -> list[str]:
         """The program server's command line (and the isolation it gives, into self.isolation)."""
         cgroup = ("pids-cgroup",) if self.cgroup else ()
-        harness = [sys.executable, "-s", "-B", str(HARNESS), "--serve", str(ctl)]
+        harness = [program_python(), "-s", "-B", str(HARNESS), "--serve", str(ctl)]
         if setup.namespaced:
             env = [a for k, v in _environment(_scratch_mount()).items() for a in ("--setenv", k, v)]
             argv = [*_bwrap_argv(setup.max_disk_mb), *env, *harness, "namespaced", "-", "-"]
@@ -191,9 +217,7 @@ class Worker:
         try:
             parent = pids_cgroup_parent()
             self.cgroup = Cgroup(parent, setup.max_processes) if parent else None
-            uid = None
-            if not setup.namespaced and os.geteuid() == 0:
-                uid = SANDBOX_UID_BASE + (os.getpid() * 64 + next(_uids)) % (1 << 24)
+            uid = _unprivileged_uid() if not setup.namespaced and os.geteuid() == 0 else None
             self.host_dir = None if setup.namespaced else tempfile.mkdtemp(prefix="ra3-sbx-")
             if uid is not None:
                 os.chown(self.host_dir, uid, uid)

