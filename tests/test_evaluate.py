@@ -44,6 +44,8 @@ def test_evaluate_writes_results_in_order_and_pass_at_k(humaneval, tmp_path, cap
                                               "tasks_with_fewer_than_k": ["HumanEval/0", "HumanEval/2"]}
     assert (metrics["samples"], metrics["tasks_evaluated"], metrics["tasks_in_benchmark"]) == (4, 2, 164)
     assert metrics["status_counts"] == {"pass": 2, "fail": 1, "timeout": 1}
+    assert metrics["judges"] == {"judge-process/script-proxy": 4}  # HumanEval's check() runs in the judge
+    assert {r["judge"] for r in results} == {"judge-process/script-proxy"}
     assert metrics["config"]["timeout"] == 1.5 and len(metrics["samples_sha256"]) == 64
     out = capsys.readouterr().out
     assert "pass@1 = 0.5000 (2 tasks)" in out and "pass@3 = n/a (2 of 2 tasks" in out

@@ -20,6 +20,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from ra3 import sandbox
 from ra3.benchmarks import Problem, default_data_dir, load_mbpp_sanitized, save_problems
 from ra3.cli import main
 from ra3.config import ConfigError
@@ -41,6 +42,8 @@ HACKS = {
     'print("passed")': '    print("passed")\n    return xs\n',
     "top-level exit": "    return xs\nimport sys\nsys.exit(0)\n",
     "top-level os._exit": "    return xs\nimport os\nos._exit(0)\n",
+    "lying __eq__": "    class L(list):\n        def __eq__(self, other):\n            return True\n    return L(xs)\n",
+    "rebound builtins": "    return xs\nimport builtins\nbuiltins.all = builtins.isinstance = lambda *a: True\n",
 }
 
 
@@ -62,6 +65,14 @@ def test_reward_is_the_verdict():
 @pytest.mark.parametrize("partial_credit", [False, True])
 def test_reward_hacking_cannot_pay(problem, partial_credit):
     assert rewards(problem, list(HACKS.values()), partial_credit) == [0.0] * len(HACKS)
+
+
+def test_the_reward_uses_the_out_of_process_judge_and_namespaces():
+    reward = VerifierReward({p.task_id: p for p in (ADD_ONE, ASSERTS)}, workers=2)
+    reward([PROMPT] * 2, ["    return xs\n"] * 2, [ADD_ONE.task_id, ASSERTS.task_id])
+    assert reward.judges == {"judge-process/functional": 1, "judge-process/script-proxy": 1}
+    if sandbox._bwrap_works():
+        assert reward.isolations == {"bwrap": 2}
 
 
 def test_verdict_reward_by_hand():

