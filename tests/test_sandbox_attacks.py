@@ -16,13 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 
 import pytest
 from test_sandbox import _leftover_processes, limits_only_python
 
-from ra3 import sandbox
+from ra3 import sandbox, sandbox_worker
 from ra3.benchmarks.contests import _lcb_problem
 from ra3.benchmarks.evalplus import oracle_source
 from ra3.sandbox import FunctionalTest, Job, Limits, ScriptTest, StdioTest, run_jobs
@@ -297,3 +300,29 @@ def test_a_daemon_cannot_forge_the_next_jobs_verdicts(mode, isolation):
     wrong = make(TOOLS + "def answer(s):\n    return steal_memory() or steal_frames() or s\n")
     verdicts = run_jobs([make(textwrap.dedent(DAEMON)), wrong, make(CORRECT), wrong], workers=1)
     assert [v.status != "pass" for v in verdicts] == [True, True, False, True], verdicts
+
+
+def test_a_writer_other_than_the_judge_makes_the_verdict_fail():
+    """The parent's check on its verdict channel, with real processes: bytes written by a process other
+    than the judge it started are flagged, whatever they say."""
+    worker = sandbox_worker.Worker()
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    ours.setblocking(False)
+    judge = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        worker.channel, worker.judge = ours, judge
+        forger = os.fork()
+        if forger == 0:
+            theirs.sendall(b"\0" * 8)
+            os._exit(0)
+        os.waitpid(forger, 0)
+        outcome = sandbox_worker.Outcome(())
+        assert worker._read_channel(outcome) and "other than the judge" in outcome.forged
+        verdict, _ = sandbox._verdict(outcome, "judge-process/functional", 0.0)
+        assert verdict.status == "fail" and "verdict channel" in verdict.detail
+    finally:
+        judge.kill()
+        judge.wait()
+        ours.close()
+        theirs.close()

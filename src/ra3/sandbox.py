@@ -1,50 +1,74 @@
 """Run untrusted Python against unit tests, in an isolated process, and say truthfully whether it passed.
 
-A worker is one long-lived sandbox: `sandbox_harness.py --serve` under bubblewrap namespaces (where the
-kernel allows) with a scrubbed environment. For each program it forks a child from its own interpreter,
-in which no program has run, and after each program it kills whatever the program left and empties the
-scratch directory: starting a sandbox and an interpreter is paid once per worker, not once per program.
-`run_jobs` keeps one worker per thread; `run_job` starts one for its single program.
+A worker is two long-lived processes joined by a socket pair that only they hold: a *program server*
+(`sandbox_harness.py`), inside bubblewrap namespaces where the kernel allows, that forks every program
+from a clean interpreter; and a *judge* (`sandbox_judge.py`), outside the sandbox, that holds the tests,
+the expected outputs and the comparison, and forks a judge child per job. Only plain values cross from
+the program to the judge (`sandbox_wire`: int, float, complex, str, bytes, bool, None and lists, tuples,
+dicts, sets of them, size-capped, type-checked on arrival, never pickle); any other program object
+reaches the judge as an opaque proxy. `run_jobs` keeps one worker per thread; `run_job` starts one for its
+single program. Every verdict records the isolation in force (`Verdict.isolation`) and the judge that
+made it (`Verdict.judge`).
 
-What is covered
-- Wall-clock timeout enforced by the parent with SIGKILL of the whole worker (a fresh one takes the next
-  job); CPU-time, address-space, file-size, open-file, message-queue and process-count limits set before
-  the program runs; stdout/stderr capped (the rest is drained and dropped, so a flood cannot fill memory
-  or block).
+Judge modes (`Verdict.judge`)
+- `judge-process/functional` (HumanEval+, MBPP+, LiveCodeBench functional, the world): the program's
+  process maps the entry point over the inputs and streams each output back; the judge compares it
+  type-first (floats and complex within rel 1e-7 / atol, 2.0 for 2) and stops at the first miss.
+  `+oracle`: EvalPlus's special oracles, trusted code run in the judge on the plain output. `+digest`:
+  outputs too large to ship go as SHA-256 of their repr (Mbpp/255).
+- `judge-process/script-proxy` (HumanEval `check(candidate)`, MBPP asserts): the test code and its
+  trusted setup (HumanEval's prompt, for helpers such as `poly`) run in the judge; each name the tests
+  use and do not define (the entry point, MBPP's `Pair`/`Node` classes) is fetched from the program's
+  process: a plain value as itself, anything else as a proxy whose calls, attribute reads and writes
+  run in the program and answer with plain values or proxies. A proxy equals only itself.
+- `judge-process/stdio` (LiveCodeBench stdin, Codeforces): the program runs as a script once per stdin
+  inside the sandbox; its stdout comes back and is compared token-wise in the judge.
+
+What is covered (each line has a test in tests/test_sandbox.py or tests/test_sandbox_attacks.py)
+- A program cannot make the judge's comparison lie: rebinding builtins or `math`/`cmath`, reading frames
+  or `gc`, a lying `__eq__`/`__hash__` (also on int/str/list subclasses: their base values are what cross),
+  `sys.settrace`, writing forged frames or lines on every descriptor (or dup2-ing over them), reading
+  other processes' memory or ptrace-attaching them: all fail, in every judge mode and both isolation
+  modes, and the correct program still passes. The expected outputs never enter the sandbox.
+- A verdict is accepted once, from the judge we started: the parent reads the judge's channel with
+  SO_PASSCRED, and a byte from any other process, a verdict carrying another job's nonce, or a second
+  verdict makes it `fail`; a judge child that writes two verdicts makes it `fail`. `sys.exit`,
+  `os._exit`, signals, killing the program server or closing descriptors end in `error`, never `pass`.
+- Wall-clock timeout enforced by the parent with SIGKILL of the worker (a fresh one takes the next job);
+  CPU-time, address-space, file-size, open-file, message-queue and process-count limits set before the
+  program runs; stdout/stderr capped. The judge child has an address-space limit too.
 - With bubblewrap: new user, PID, network, IPC, UTS and cgroup namespaces; all capabilities dropped;
-  the host filesystem read-only; the only writable place a private, size-capped tmpfs that is the
-  working directory, HOME and TMPDIR (mounted over /tmp); no network (only a downed loopback); the
-  parent's processes invisible.
-- Jobs of one worker share its namespaces and scratch filesystem, one after the other, never at once.
-  Between two jobs the server waits for the job's process, SIGKILLs every other process of the PID
-  namespace and reaps them all (it is their child subreaper), so daemons and orphans are dead before the
-  next job starts; it empties the scratch tmpfs; and it ends the worker instead of going on if the job
-  left SysV IPC objects or changed the server's rlimits, priority, CPU affinity or scheduler (one user's
-  processes may do that to each other). The server is otherwise out of the job's reach: non-dumpable
-  (no ptrace, no /proc/<server>/fd, mem or environ), and the job channel is a socket that the child
-  closes before the program runs. A program that kills the server gets `error`; the next job gets a
-  fresh worker.
-- Running as root, where a pids cgroup can be created: a per-worker cgroup with `pids.max` (RLIMIT_NPROC
-  does not bind root), whose members are all killed when the worker ends.
-- A verdict is `pass` only if the harness wrote its final line carrying a per-job random nonce after
-  the last test. `sys.exit`, `os._exit`, signals, killing the harness, printing "passed" or closing the
-  result pipe all end in `error`/`fail`/`timeout`. Functional outputs are compared type-first, so an
-  object with a lying `__eq__` (or `__hash__`, as a dict key or set element) does not pass.
+  the host filesystem read-only; the only writable place a private, size-capped tmpfs that is the working
+  directory, HOME and TMPDIR; /dev (and /dev/shm) read-only; no network; the parent's and the judge's
+  processes invisible.
+- Between two jobs of a worker the program server kills every process the job left (PID namespace,
+  or process group and, as root, the worker's pids cgroup), empties the scratch directory, removes the SysV
+  IPC objects and /dev/shm files the job made (in a namespace: any left means a new worker), and ends the
+  worker if the job changed its rlimits, priority, affinity or scheduler. The program server is
+  non-dumpable, and the job's call socket is its own (passed per job), so a daemon of one job cannot talk
+  for the next.
+- Limits only (no bubblewrap) as root: programs run as an unprivileged uid of their own per worker
+  (`SANDBOX_UID_BASE` + n), no supplementary groups, an empty capability bounding set and no_new_privs,
+  inside a pids cgroup they cannot leave; if that uid cannot run the interpreter (a Python under /root),
+  running refuses with a one-line `SandboxError` naming the fix (bubblewrap, or RA3_SANDBOX_PYTHON).
 
 What is not covered
-- A program that deliberately introspects the harness (frames, `gc`) can read the nonce of its own job;
-  the guarantee is against programs that exit, crash or lie about their output, not against targeted
-  attacks on the harness. Assert-based tests (HumanEval/MBPP `ScriptTest`) run the test code in the
-  program's interpreter, as every harness does, so a lying `__eq__` can pass an `assert x == y`.
-- A job's memory is a copy of the server's, which may hold fragments of earlier jobs' payloads
-  (programs and tests already judged; their nonces are no longer accepted). Kernel state that belongs
-  to the user namespace rather than to a process or a file, such as keyrings (`add_key`), survives from
-  one job to the next on the same worker.
+- Tests the proxy cannot express as written: a test that inspects an argument after the call (the
+  program gets a copy; mutations are not seen), passes a callable to the program (an error), reads what
+  the program printed, iterates, indexes, takes len() or str() of a program object, or compares one by
+  value. The HumanEval (164) and MBPP tests (974 + sanitized) do none of these (surveyed); MBPP 367, 601
+  and 927 build program objects (`Node`, `Pair`) and set their attributes, which proxies do.
+- A program's exceptions reach the test code as the built-in exception of the same name (others as
+  `ProgramError`), with the message text only.
+- A job's memory is a copy of the program server's, which may hold earlier jobs' programs (never tests).
+  Kernel state that belongs to the user namespace rather than to a process or a file, such as keyrings,
+  survives from one job to the next on the same worker.
 - Reads: the host filesystem is visible read-only (secrets readable by the invoking user stay readable).
-- Without bubblewrap ("limits only", warned once and recorded in `Verdict.isolation`): no filesystem,
-  network or process isolation; a program can write where the user can, open sockets, signal the
-  user's processes, and leave daemons that escape the process-group kill (as root, the worker's cgroup
-  is emptied between jobs, which catches them).
+- Limits only as a non-root user: programs run as that user, so they can reach that user's other
+  processes as far as the kernel's ptrace policy allows (without Yama, the ra3 process, whose memory holds
+  the tests); the judge is non-dumpable, but use bubblewrap. No filesystem or network isolation, and
+  daemons that leave the job's session survive (no cgroup). SysV objects and /dev/shm files of that user
+  made during a job are removed, even if another process of the user made them.
 """
 
 from __future__ import annotations
