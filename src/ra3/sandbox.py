@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import marshal
 import os
 import threading
 import time
@@ -232,8 +233,9 @@ def _verdict(outcome: Outcome, judge: str, wall: float, empty_ok: bool = False) 
         run, passed, status, detail = outcome.final
         if status == "pass" and (passed != run or (run == 0 and not empty_ok)):
             status = "fail"  # an empty test suite proves nothing
-        payload = detail if isinstance(detail, list) else None
-        return verdict(status, run, passed, "" if payload is not None else detail), payload
+        if isinstance(detail, bytes):  # a recording: the judge's marshalled plain values
+            return verdict(status, run, passed, ""), marshal.loads(detail) if status == "pass" else None
+        return verdict(status, run, passed, detail), None
     if outcome.timed_out:
         return verdict("timeout", outcome.ok_cases, outcome.ok_cases, "time limit exceeded"), None
     last = stderr_tail.strip().splitlines()[-1:] if stderr_tail.strip() else []

@@ -254,7 +254,8 @@ def _run_functional(job: dict, program: Program, report) -> tuple:
             return i + 1, i, "fail", f"input #{i}: wrong output {repr(out)[:120]}"
         report(i)
     n = len(tests["inputs"])
-    return n, n, "pass", outputs if record else ""
+    # recorded outputs travel marshalled, as one bytes object: we and the parent never unpack them twice
+    return n, n, "pass", marshal.dumps(outputs) if record else ""
 
 
 def _names(setup: str, code: str) -> list[str]:
