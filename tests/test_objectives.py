@@ -6,7 +6,15 @@ import math
 
 import torch
 
-from ra3.objectives import estep_reward, group_advantages, kl_k3, policy_gradient_loss, rationale_credit
+from ra3.objectives import (
+    boundary_advantages,
+    estep_reward,
+    importance_log_weight,
+    kl_k3,
+    line_rewards,
+    policy_gradient_loss,
+    returns_to_go,
+)
 
 ATOL = 1e-6
 
@@ -23,21 +31,50 @@ def test_estep_reward_by_hand():
     assert close(r, [1.85, 0.0])
 
 
-def test_rationale_credit_sums_to_reward():
-    gain = torch.tensor([0.0, 0.0, 1.0, 0.5, -0.25, 2.0])  # lines 0-1 precede the first rationale
-    governs = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]])
-    credit = rationale_credit(gain, governs, switch_cost=0.05)
-    assert close(credit, [1.25 - 0.05, 2.0 - 0.05])
-    assert math.isclose(credit.sum().item(), gain.sum().item() - 2 * 0.05, abs_tol=ATOL)
+def test_line_rewards_sum_to_the_reward():
+    # lines: gains 0, 1.0, -0.5; a rationale before line 1 (KL 0.2); c = 0.05, beta = 0.5
+    r = line_rewards(torch.tensor([[0.0, 1.0, -0.5]]), torch.tensor([[0.0, 1.0, 0.0]]),
+                     torch.tensor([[0.0, 0.2, 0.0]]), switch_cost=0.05, kl_coef=0.5)
+    assert close(r, [[0.0, 1.0 - 0.05 - 0.1, -0.5]])
+    total = estep_reward(torch.tensor([-9.5]), torch.tensor([-10.0]), torch.tensor([1.0]), torch.tensor([0.2]),
+                         switch_cost=0.05, kl_coef=0.5)
+    assert math.isclose(r.sum().item(), total.item(), abs_tol=ATOL)
 
 
-def test_group_advantages_by_hand():
-    # group [1, 3]: mean 2, population std 1 -> [-1, 1] (eps shrinks it a hair); constant group -> 0
-    adv = group_advantages(torch.tensor([[1.0, 3.0], [5.0, 5.0]]), eps=0.0 + 1e-12)
-    assert close(adv, [[-1.0, 1.0], [0.0, 0.0]])
-    adv = group_advantages(torch.tensor([[0.0, 1.0, 2.0]]), eps=0.0 + 1e-12)
-    s = math.sqrt(2 / 3)
-    assert close(adv, [[-1 / s, 0.0, 1 / s]])
+def test_returns_to_go_by_hand():
+    assert close(returns_to_go(torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]])), [[-0.5, -1.5, 0.5], [3.0, 3.0, 3.0]])
+
+
+def test_boundary_advantages_leave_one_out_with_the_empty_annotation():
+    # one demo, G = 2, two lines: returns [[2, 1], [-1, 0]]; with the empty annotation (0) the baseline of
+    # annotation 0 is (-1 + 0) / 2 at line 0 and (0 + 0) / 2 at line 1; of annotation 1, (2 + 0) / 2 and (1 + 0) / 2
+    returns = torch.tensor([[2.0, 1.0], [-1.0, 0.0]])
+    centred = torch.tensor([[2.5, 1.0], [-2.0, -0.5]])
+    scale = math.sqrt((2.5**2 + 1.0 + 4.0 + 0.25) / 4)
+    adv = boundary_advantages(returns, torch.ones(2, 2), group_size=2, include_empty=True, eps=0.0)
+    assert close(adv, centred / scale)
+    # without the empty annotation the baseline is the other sample alone: [[3, 1], [-3, -1]]
+    adv = boundary_advantages(returns, torch.ones(2, 2), group_size=2, include_empty=False, eps=0.0)
+    assert close(adv, torch.tensor([[3.0, 1.0], [-3.0, -1.0]]) / math.sqrt(5.0))
+
+
+def test_boundary_advantages_compare_within_a_demonstration_only():
+    # two demos, G = 2 each, one real line: demo A's samples both cost (-3, -1), demo B's both pay (+1, +5).
+    # Each is compared with the other sample of its own demo and the empty annotation (0), never with the
+    # other demo: A: -3 - (-1 + 0)/2 = -2.5, -1 - (-3 + 0)/2 = 0.5; B: 1 - (5 + 0)/2 = -1.5, 5 - (1 + 0)/2 = 4.5.
+    # Padding (mask 0) gets 0 and does not enter the batch scale.
+    returns = torch.tensor([[-3.0, 9.0], [-1.0, 9.0], [1.0, 0.0], [5.0, 0.0]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    adv = boundary_advantages(returns, mask, group_size=2, include_empty=True, eps=0.0)
+    scale = math.sqrt((2.5**2 + 0.5**2 + 1.5**2 + 4.5**2) / 4)
+    assert close(adv, torch.tensor([[-2.5, 0.0], [0.5, 0.0], [-1.5, 0.0], [4.5, 0.0]]) / scale)
+
+
+def test_importance_log_weight_by_hand():
+    # gain 1.5, 2 rationales, text log p -3.0 vs log q -2.5: 1.5 - 0.1 - 0.5 = 0.9
+    w = importance_log_weight(torch.tensor([1.5]), torch.tensor([2.0]), torch.tensor([-3.0]), torch.tensor([-2.5]),
+                              switch_cost=0.05)
+    assert close(w, [0.9])
 
 
 def test_policy_gradient_loss_clips_by_hand():

@@ -17,9 +17,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ra3.estep import EStepConfig, governed_lines, load_demos
+from ra3.estep import EStep, EStepConfig, governed_lines, load_demos, states_detail
 from ra3.estep import run as run_estep
-from ra3.latents import Encoder, render, score
+from ra3.latents import Annotation, Encoder, Temperatures, action_logprobs, decision_logq, render, score
+from ra3.models import causal_logits
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -56,7 +57,8 @@ def commenting_model(tmp_path_factory) -> tuple[Path, Path]:
 def ra3_args(model: Path, data: Path, out: Path) -> list[str]:
     return ["midtrain", "--method", "ra3", "--model", str(model), "--data", str(data), "--out-dir", str(out),
             "--iterations", "2", "--max-steps", "6", "--save-steps", "2", "--batch-size", "4", "--max-length",
-            "64", "--updates", "2", "--demos-per-update", "4", "--max-demos", "12", "--temperature", "1.0",
+            "64", "--rl-fraction", "0.5", "--heldout-demos", "2", "--demos-per-update", "4", "--max-demos", "12",
+            "--temperature", "1.0",
             "--switch-cost", "0.0", "--seed", "3"]
 
 
@@ -74,7 +76,7 @@ def test_code_tokens_identical_with_and_without_rationales(tiny_model, toy_demos
 
     demos = load_demos(toy_demos, 3)
     enc = Encoder(load_tokenizer(tiny_model), demos)
-    plain, annotated = enc.sequence(1, {}), enc.sequence(1, {1: "loop", 3: "return it"})
+    plain, annotated = enc.sequence(1, Annotation()), enc.sequence(1, enc.annotation(1, {1: "loop", 3: "return it"}))
     code = [[i for i, line in zip(s.ids, s.code_line, strict=True) if line == t] for s in (plain, annotated)
             for t in range(len(demos[1].lines))]
     half = len(code) // 2
@@ -87,27 +89,9 @@ def test_scores_leave_lines_before_the_first_rationale_unchanged(tiny_model, toy
 
     model, tokenizer = load_pretrained(tiny_model, dtype=torch.float32)
     enc = Encoder(tokenizer, load_demos(toy_demos, 2))
-    s = score(model, enc, [enc.sequence(0, {}), enc.sequence(0, {2: "add k"})]).line_logp  # (2, T)
+    s = score(model, enc, [enc.sequence(0, Annotation()), enc.sequence(0, enc.annotation(0, {2: "add k"}))]).line_logp
     assert torch.allclose(s[0, :2], s[1, :2], atol=1e-5, rtol=0)  # identical context before line 2
     assert not torch.allclose(s[0, 2:], s[1, 2:], atol=1e-5, rtol=0)
-
-
-def test_local_credit_with_demos_of_different_lengths(tiny_model, toy_demos, tmp_path):
-    """A rollout batch is padded to its own longest demo, the plain scores to the longest of all: the
-    credit of a rationale sums the gain over the lines it governs of its own demo only."""
-    from ra3.estep import EStep, _Rollouts, local_credits
-    from ra3.files import read_jsonl, write_jsonl
-
-    records = read_jsonl(toy_demos)[:2]
-    records[1]["completion"] += "    out = out\n    out = out\n    return out\n"  # 7 lines against 4
-    demos = write_jsonl(tmp_path / "demos.jsonl", records)
-    step = EStep(EStepConfig(model=str(tiny_model), demos=demos, out_dir=tmp_path), load_demos(demos))
-    assert step.plain_logp.shape[1] == 7
-    seq = step.enc.sequence(0, {2: "append"})
-    line_logp = score(step.scorer, step.enc, [seq]).line_logp  # (1, 4)
-    credit = local_credits(step, _Rollouts([0], [{2: "append"}], [seq], line_logp, [{}]))
-    gain = line_logp[0, 2:4] - step.plain_logp[0, 2:4]
-    assert credit[0].keys() == {2} and credit[0][2] == pytest.approx(gain.sum().item() - step.cfg.switch_cost, abs=1e-5)
 
 
 def test_governed_lines():
@@ -116,8 +100,8 @@ def test_governed_lines():
 
 
 def test_estep_outputs_and_accounting(tiny_model, toy_demos, tmp_path):
-    cfg = EStepConfig(model=str(tiny_model), demos=toy_demos, out_dir=tmp_path, updates=2, demos_per_update=4,
-                      max_demos=8, temperature=1.0, switch_cost=0.0)
+    cfg = EStepConfig(model=str(tiny_model), demos=toy_demos, out_dir=tmp_path, rl_fraction=0.75, heldout_demos=2,
+                      demos_per_update=4, max_demos=8, temperature=1.0, switch_cost=0.0)
     traces = [json.loads(line) for line in run_estep(cfg).read_text().splitlines()]
     assert len(traces) == 8
     for trace in traces:
@@ -126,10 +110,14 @@ def test_estep_outputs_and_accounting(tiny_model, toy_demos, tmp_path):
         assert trace["reward"] >= 0  # include_empty: the no-rationale trace (reward 0) is always a candidate
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and {"estep/elbo", "estep/rationale_rate", "estep/kl"} <= set(history[0])
+    curve = [json.loads(line) for line in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    assert [c["update"] for c in curve] == [0, 2]  # before the first update and after the last
     documented = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
-    assert [k for k in history[0] if k != "update" and f"`{k}`" not in documented] == []
+    assert [k for k in {**history[0], **curve[0]} if k != "update" and f"`{k}`" not in documented] == []
     compute = json.loads((tmp_path / "compute.json").read_text())
     assert compute["tokens_forward"] > compute["tokens_backward"] > 0
+    assert (compute["updates"], compute["rl_demos"], compute["heldout_demos"]) == (2, 6, 2)
+    assert compute["rl_fraction_of_demos"] == 0.75
 
 
 def test_kill9_resumes_each_phase_to_the_same_weights(tiny_model, toy_demos, tmp_path):
@@ -156,15 +144,15 @@ def test_kill9_resumes_each_phase_to_the_same_weights(tiny_model, toy_demos, tmp
     b = AutoModelForCausalLM.from_pretrained(killed / "iter1" / "mstep" / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((killed / "summary.json").read_text())
-    assert len(summary["iterations"]) == 2 and summary["compute"]["estep"]["tokens_generated"] >= 0
+    assert len(summary["iterations"]) == 2 and summary["iterations"][1]["heldout_last"]["update"] == 2
 
 
 def test_switch_cost_sets_how_many_rationales_and_rl_raises_the_reward(commenting_model, tmp_path):
     model, demos = commenting_model
     runs = {}
     for cost in (0.0, 5.0):
-        cfg = EStepConfig(model=str(model), demos=demos, out_dir=tmp_path / f"c{cost}", updates=4,
-                          demos_per_update=8, max_demos=32, switch_cost=cost, temperature=1.0)
+        cfg = EStepConfig(model=str(model), demos=demos, out_dir=tmp_path / f"c{cost}", rl_fraction=1.0,
+                          heldout_demos=0, demos_per_update=8, max_demos=32, switch_cost=cost, temperature=1.0)
         traces = [json.loads(line) for line in run_estep(cfg).read_text().splitlines()]
         rewards = [json.loads(line)["estep/reward"] for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
         runs[cost] = (sum(t["n_rationales"] for t in traces), rewards)
@@ -172,3 +160,63 @@ def test_switch_cost_sets_how_many_rationales_and_rl_raises_the_reward(commentin
     # at c = 5 every sampled rationale costs more than it can buy: RL learns to stop paying for them
     first, last = runs[5.0][1][0], runs[5.0][1][-1]
     assert first < -0.2 and last > first + 0.2
+
+
+def _write_probability(step: EStep, demo_ids: list[int], lines: list[int]) -> float:
+    """Mean q(write a rationale before line t) of the current policy on the plain traces, over `lines`."""
+    seqs = [step.enc.sequence(d, Annotation()) for d in demo_ids]
+    ids, mask = step.enc.batch(seqs, step.policy.device)
+    with torch.no_grad():
+        logits = causal_logits(step.policy, ids, mask)  # (N, T, V)
+    probs = [decision_logq(logits[i, s.decision_pos[t]], torch.tensor(step.enc.hash_token(d, t)),
+                           step.cfg.decision_temperature).exp().item()
+             for i, (d, s) in enumerate(zip(demo_ids, seqs, strict=True)) for t in lines]
+    return sum(probs) / len(probs)
+
+
+def test_rl_raises_the_heldout_objective_and_drops_costly_rationales(commenting_model, tmp_path):
+    """Comments before the append line (the operation) can pay; comments before `out = []`, the loop or the
+    return cost. Sixteen updates on 24 demonstrations raise the E-step objective on 40 others (8 seeded samples
+    each), and the policy writes a costly rationale less often."""
+    from ra3.files import read_jsonl, write_jsonl
+
+    model, demos_path = commenting_model
+    rng = random.Random(1)
+    heldout = [dict(zip(("prompt", "completion"), _commenting_program(rng, False), strict=True), task_id=f"h{i}")
+               for i in range(40)]
+    demos = write_jsonl(tmp_path / "demos.jsonl", read_jsonl(demos_path)[:24] + heldout)
+    cfg = EStepConfig(model=str(model), demos=demos, out_dir=tmp_path, group_size=8, demos_per_update=8,
+                      temperature=1.0, switch_cost=0.05, estep_lr=1e-4)
+    step = EStep(cfg, load_demos(demos))
+    held, costly = list(range(24, 64)), [0, 1, 3]
+    before, p_costly = step.heldout(held), _write_probability(step, held, costly)
+    for _ in range(16):
+        step.update(step.rollout(rng.sample(range(24), 8)))
+    after = step.heldout(held)
+    assert after["estep/heldout_objective"] > before["estep/heldout_objective"] + 0.05
+    assert _write_probability(step, held, costly) < 0.8 * p_costly
+
+
+def test_the_loss_scores_the_sampled_actions(commenting_model, tmp_path):
+    """The log-probs the policy gradient uses are those q had when it sampled each action (decisions at
+    one temperature, text at another), so the first update's importance ratio is 1."""
+    model, demos_path = commenting_model
+    cfg = EStepConfig(model=str(model), demos=demos_path, out_dir=tmp_path, group_size=4, temperature=0.7,
+                      decision_temperature=1.5)
+    step = EStep(cfg, load_demos(demos_path))
+    ro = step.rollout(list(range(8)))
+    assert sum(len(a.rationales) for a in ro.annotations) >= 4 and any(a.continue_logq for a in ro.annotations)
+    with torch.no_grad():
+        actions = action_logprobs(step.policy, step.enc, ro.rows, ro.seqs, ro.annotations, Temperatures(1.5, 0.7))
+    real = actions.mask.bool()
+    assert torch.allclose(actions.logp[real], actions.logq_sampled[real], atol=1e-4, rtol=0)
+    with torch.no_grad():  # at another temperature the same actions have other log-probs
+        other = action_logprobs(step.policy, step.enc, ro.rows, ro.seqs, ro.annotations, Temperatures(1.0, 1.0))
+    assert not torch.allclose(other.logp[real], actions.logq_sampled[real], atol=1e-2, rtol=0)
+
+
+def test_states_detail():
+    assert states_detail("take while: until above 5", "until above 5", (5,))
+    assert not states_detail("take while: until below 6", "until above 5", (5,))
+    assert states_detail("keep only the items above 3", "x > 3", (3,))
+    assert not states_detail("filter", "x > 3", (3,))

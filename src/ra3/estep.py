@@ -1,10 +1,18 @@
 """Stage: RA3's E-step. RL discovers rationales that make the expert code more likely (method.md §4).
 
 The latent policy q starts as a copy of the current model; the frozen scorer p is the current model
-(the last M-step's). Each update samples G annotations for each of B demonstrations from q, scores each
-with one teacher-forced pass of p, and takes a clipped group-relative policy-gradient step on q over the
-CONTINUE decisions and rationale tokens. A final bootstrap pass annotates every demonstration and keeps
-the best-scoring annotation (or a sample) as the M-step's trace.
+(the last M-step's). The E-step walks once through the demonstrations in a seeded order. For each batch of
+B demonstrations it samples G annotations per demonstration from q, scores each with one teacher-forced
+pass of p, keeps the best one as that demonstration's M-step trace (the bootstrap), and, for the first
+`rl_fraction` of the demonstrations, takes a policy-gradient step on q with those same rollouts. The
+objective E_q[R(z)] (with c and the KL term) is measured on a fixed, seeded set of held-out
+demonstrations before the first update, every `eval_every` updates and after the last (`heldout.jsonl`).
+
+The update maximises E_q[R(z)] with R(z) = Σ_t r_t (objectives.line_rewards): every action at boundary t
+(the CONTINUE decision, or the decision to write and the rationale's text tokens) is weighted by the
+return-to-go G_t = Σ_{t'≥t} r_t' minus a leave-one-out group baseline, scaled by one constant per batch
+(objectives.boundary_advantages). CONTINUE decisions and rationale tokens thus share one scale (nats of
+ELBO still to come), and a rationale that costs more than the group's alternatives is pushed down.
 
 Departures from the paper (every one a config field where it is a choice):
 1. Steps are source lines only (method.md's statement/token-chunk granularities are not built).
@@ -14,9 +22,10 @@ Departures from the paper (every one a config field where it is a choice):
 3. The reward subtracts the annotation-free log-likelihood (a per-demonstration constant), and the empty
    annotation joins every group's baseline and the bootstrap's candidates (`include_empty`); it is not
    a sample of q, so it never enters the policy-gradient loss.
-4. `credit=local` credits each rationale with the gain of the lines it governs minus c
-   (`objectives.rationale_credit`), normalised over the batch's rationales; CONTINUE decisions keep
-   the group advantage.
+4. q is the model at two temperatures (decision and text, `latents`), sampled and scored under the same
+   distribution; the KL term is KL(q ‖ p) on the rationale text tokens (the decision's prior is c).
+5. RL and the bootstrap share rollouts: the first `rl_fraction` of the demonstrations are annotated by
+   the q of the update they train (so the RL costs only its backward passes), the rest by the final q.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +45,25 @@ from accelerate import PartialState
 
 from ra3.config import ConfigError, option, save_config
 from ra3.files import DataError, atomic_write_text, provenance, read_records, write_jsonl
-from ra3.latents import Encoder, action_logprobs, render, sample_annotations, score, split_demo
+from ra3.latents import (
+    Annotation,
+    Encoder,
+    Temperatures,
+    action_logprobs,
+    render,
+    sample_annotations,
+    score,
+    split_demo,
+)
 from ra3.models import load_pretrained
-from ra3.objectives import estep_reward, group_advantages, kl_k3, policy_gradient_loss, rationale_credit
+from ra3.objectives import (
+    boundary_advantages,
+    importance_log_weight,
+    kl_k3,
+    line_rewards,
+    policy_gradient_loss,
+    returns_to_go,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,36 +72,46 @@ logger = logging.getLogger(__name__)
 class EStepOptions:
     """The E-step's own settings (shared by `ra3 estep` and `ra3 midtrain --method ra3`)."""
 
-    group_size: int = option(4, "G: annotations sampled per demonstration (GRPO group)")
-    updates: int = option(16, "policy-gradient updates of q")
-    demos_per_update: int = option(8, "B: demonstrations per update")
+    group_size: int = option(4, "G: annotations sampled per demonstration (the RL group and the bootstrap's "
+                             "candidates)")
+    rl_fraction: float = option(0.1, "share of the demonstrations whose rollouts also train q (one update per "
+                                "demos_per_update of them); the rest are annotated by the final q")
+    demos_per_update: int = option(8, "B: demonstrations per policy-gradient update")
+    heldout_demos: int = option(16, "fixed, seeded demonstrations never trained on, on which the E-step "
+                                "objective is measured (0: none)")
+    eval_every: int = option(5, "measure the held-out objective every N updates (and before the first, after "
+                             "the last)")
     switch_cost: float = option(0.05, "c: nats charged per rationale (paper: 0.05; ablations 0.01, 0.2)")
-    kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale tokens")
+    kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale text tokens")
     estep_lr: float = option(1e-4, "learning rate of the latent policy q (AdamW)")
     clip_eps: float = option(0.2, "PPO/GRPO ratio clipping")
     ppo_epochs: int = option(1, "gradient steps per batch of rollouts")
     estep_max_grad_norm: float = option(1.0, "gradient clipping norm of q")
-    temperature: float = option(0.5, "sampling temperature of rationale text (0 = greedy); 0.5 wrote the right "
-                                "idiom more often than 0.7 on the embedded default (BENCHMARKS.md)")
+    temperature: float = option(0.5, "T of q's rationale text (> 0); 0.5 wrote the right idiom more often "
+                                "than 0.7 on the embedded default (BENCHMARKS.md)")
+    decision_temperature: float = option(1.0, "T of q's write/CONTINUE decision (> 0)")
     rationale_max_tokens: int = option(12, "longest rationale, in tokens")
     include_empty: bool = option(True, "the no-rationale annotation joins each group's baseline and the bootstrap")
-    credit: str = option("local", "advantage of rationale tokens: per-rationale local credit (gain on the lines "
-                         "it governs minus c), or the group-normalised total reward (with total, RL on the "
-                         "embedded default learnt to stop writing rationales; BENCHMARKS.md)",
-                         choices=("total", "local"))
-    bootstrap: str = option("best", "M-step trace per demonstration: best of the samples, or one sample of q",
-                            choices=("best", "sample"))
-    bootstrap_samples: int = option(4, "annotations sampled per demonstration in the bootstrap pass")
+    bootstrap: str = option("best", "M-step trace per demonstration: the best of the G samples (and the empty "
+                            "annotation) by R(z), one drawn in proportion to its importance weight (BoLT), or "
+                            "the first sample", choices=("best", "importance", "sample"))
     max_demos: int = option(0, "use at most this many demonstrations (0 = all)")
     estep_batch_size: int = option(32, "sequences per E-step forward pass")
 
     def __post_init__(self):
-        for name in ("group_size", "demos_per_update", "ppo_epochs", "bootstrap_samples", "rationale_max_tokens",
-                     "estep_batch_size"):
+        for name in ("group_size", "demos_per_update", "ppo_epochs", "rationale_max_tokens", "estep_batch_size",
+                     "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.updates < 0 or self.switch_cost < 0 or self.kl_coef < 0:
-            raise ConfigError("updates, switch_cost and kl_coef must be >= 0")
+        if self.group_size < 2 and not self.include_empty:
+            raise ConfigError("group_size 1 needs include_empty: the baseline of an annotation is the others'")
+        if not 0 <= self.rl_fraction <= 1:
+            raise ConfigError(f"rl_fraction must be in [0, 1], got {self.rl_fraction}")
+        if min(self.switch_cost, self.kl_coef, self.heldout_demos) < 0:
+            raise ConfigError("switch_cost, kl_coef and heldout_demos must be >= 0")
+        if min(self.temperature, self.decision_temperature) <= 0:
+            raise ConfigError("temperature and decision_temperature must be > 0: the policy gradient needs a "
+                              "stochastic policy")
 
 
 @dataclass
@@ -83,7 +120,7 @@ class EStepConfig(EStepOptions):
 
     model: str = option("", "current model (HF dir): q starts from it, and it scores annotations (frozen)")
     demos: Path = option(Path("runs/world/demos.jsonl"), "demonstrations: JSONL with prompt, completion "
-                         "(and optionally plan: [{start, idiom}] for boundary metrics)")
+                         "(and optionally plan: [{start, idiom, detail, params}] for boundary metrics)")
     out_dir: Path = option(Path("runs/estep"), "output directory")
     seed: int = option(0, "random seed")
 
@@ -99,12 +136,18 @@ def load_demos(path: Path, max_demos: int = 0) -> list:
 
 
 @dataclass
-class _Rollouts:
+class Rollouts:
+    """N = B·G scored annotations, grouped by demonstration, with their per-line terms (N, T)."""
+
     rows: list[int]  # demo index of each annotation
-    annotations: list[dict[int, str]]
+    annotations: list[Annotation]
     seqs: list
-    line_logp: torch.Tensor  # (N, T) frozen-model code log-likelihood per line
-    rationale_logp_ref: list[dict[int, torch.Tensor]]  # frozen-model log-probs of each rationale's tokens
+    line_gain: torch.Tensor  # log p(a_t | ·, z) − log p(a_t | ·), 0 past a demo's end
+    writes: torch.Tensor  # 1 where a rationale is written before line t
+    line_kl: torch.Tensor  # k3 KL estimate of the rationale before line t
+    text_logp: torch.Tensor  # (N,) Σ log p of the sampled rationale text tokens
+    text_logq: torch.Tensor  # (N,) Σ log q of the same tokens
+    mask: torch.Tensor  # 1 at a demo's real lines
 
 
 class EStep:
@@ -117,44 +160,54 @@ class EStep:
         self.scorer.eval().requires_grad_(False)
         self.policy = copy.deepcopy(self.scorer).requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.estep_lr, weight_decay=0.0)
+        self.temps = Temperatures(cfg.decision_temperature, cfg.temperature)
         self.enc = Encoder(self.tokenizer, demos)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.compute = {"tokens_forward": 0, "tokens_backward": 0, "tokens_generated": 0}
-        plain = [self.enc.sequence(i, {}) for i in range(len(demos))]
+        plain = [self.enc.sequence(i, Annotation()) for i in range(len(demos))]
         self.plain_logp = score(self.scorer, self.enc, plain, cfg.estep_batch_size).line_logp  # (D, T)
         self.compute["tokens_forward"] += sum(len(s.ids) for s in plain)
 
-    def rollout(self, demo_ids: list[int], group: int) -> _Rollouts:
-        rows = [d for d in demo_ids for _ in range(group)]
-        annotations, counts = sample_annotations(self.policy, self.enc, rows, self.cfg.temperature,
-                                                 self.cfg.rationale_max_tokens, self.generator,
+    def rollout(self, demo_ids: list[int], generator: torch.Generator | None = None) -> Rollouts:
+        """G annotations of each demonstration from q, scored by p."""
+        rows = [d for d in demo_ids for _ in range(self.cfg.group_size)]
+        annotations, counts = sample_annotations(self.policy, self.enc, rows, self.temps,
+                                                 self.cfg.rationale_max_tokens, generator or self.generator,
                                                  self.cfg.estep_batch_size)
         seqs = [self.enc.sequence(r, a) for r, a in zip(rows, annotations, strict=True)]
         scores = score(self.scorer, self.enc, seqs, self.cfg.estep_batch_size)
         counts["tokens_forward"] += sum(len(s.ids) for s in seqs)
         for k, v in counts.items():
             self.compute[k] += v
-        return _Rollouts(rows, annotations, seqs, scores.line_logp, scores.rationale_logp)
+        n, width = scores.line_logp.shape
+        n_lines = torch.tensor([len(self.enc.demos[r].lines) for r in rows])
+        mask = (torch.arange(width) < n_lines.unsqueeze(1)).float()  # (N, T)
+        writes, line_kl = torch.zeros(n, width), torch.zeros(n, width)
+        text_logp, text_logq = torch.zeros(n), torch.zeros(n)
+        for i, (ann, ref) in enumerate(zip(annotations, scores.rationale_logp, strict=True)):
+            for t, r in ann.rationales.items():
+                logq = torch.tensor(r.logq[1:])  # the sampled text tokens (h is the decision)
+                logp = ref[t][:len(logq)]
+                writes[i, t], line_kl[i, t] = 1.0, kl_k3(logq, logp).sum()
+                text_logp[i] += logp.sum()
+                text_logq[i] += logq.sum()
+        gain = (scores.line_logp - self.plain_logp[rows, :width]) * mask
+        return Rollouts(rows, annotations, seqs, gain, writes, line_kl, text_logp, text_logq, mask)
 
-    def rewards(self, ro: _Rollouts, kl: torch.Tensor) -> torch.Tensor:
-        """R(z) per annotation, (N,)."""
-        n_rat = torch.tensor([float(len(a)) for a in ro.annotations])
-        plain = self.plain_logp[ro.rows]
-        return estep_reward(ro.line_logp.sum(1), plain.sum(1), n_rat, kl, self.cfg.switch_cost, self.cfg.kl_coef)
+    def line_rewards(self, ro: Rollouts) -> torch.Tensor:
+        """r_t per annotation and line, (N, T); R(z) is its row sum."""
+        return line_rewards(ro.line_gain, ro.writes, ro.line_kl, self.cfg.switch_cost, self.cfg.kl_coef)
 
-    def update(self, demo_ids: list[int]) -> dict:
-        """One RL step: sample B×G annotations, score them, clipped policy gradient on q."""
+    def update(self, ro: Rollouts) -> dict:
+        """One clipped policy-gradient step on q over the rollouts' actions (CONTINUE, write, text tokens)."""
         cfg = self.cfg
-        ro = self.rollout(demo_ids, cfg.group_size)
+        rewards = self.line_rewards(ro)  # (N, T)
+        adv_lines = boundary_advantages(returns_to_go(rewards), ro.mask, cfg.group_size, cfg.include_empty)
         self.policy.train()
-        for epoch in range(cfg.ppo_epochs):
-            actions = action_logprobs(self.policy, self.enc, ro.rows, ro.seqs)
-            if epoch == 0:
-                old = actions.logp.detach()
-                kl = self._kl(actions, ro)
-                reward = self.rewards(ro, kl)
-                adv = self._advantages(reward, ro, actions)
-            loss = policy_gradient_loss(actions.logp, old, adv, actions.mask, cfg.clip_eps)
+        for _ in range(cfg.ppo_epochs):
+            actions = action_logprobs(self.policy, self.enc, ro.rows, ro.seqs, ro.annotations, self.temps)
+            adv = adv_lines.to(actions.logp.device).gather(1, actions.boundary)  # (N, L)
+            loss = policy_gradient_loss(actions.logp, actions.logq_sampled, adv, actions.mask, cfg.clip_eps)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.estep_max_grad_norm)
@@ -162,69 +215,42 @@ class EStep:
             n_tokens = sum(len(s.ids) for s in ro.seqs)
             self.compute["tokens_forward"] += n_tokens
             self.compute["tokens_backward"] += n_tokens
-        return {**rollout_metrics(self, ro, reward, kl), "estep/loss": loss.item()}
+        self.policy.eval()
+        return {**rollout_metrics(self, ro, rewards.sum(1)), "estep/loss": loss.item()}
 
-    def _kl(self, actions, ro: _Rollouts) -> torch.Tensor:
-        """Σ over rationale tokens of k3(log q, log p), per annotation (N,)."""
-        kl = torch.zeros(len(ro.rows))
-        for i, ref in enumerate(ro.rationale_logp_ref):
-            for t, logp_ref in ref.items():
-                logp_q = actions.logp[i][actions.owner[i] == t].detach().cpu()
-                kl[i] += kl_k3(logp_q, logp_ref).sum()
-        return kl
-
-    def _advantages(self, reward: torch.Tensor, ro: _Rollouts, actions) -> torch.Tensor:
-        """Per-action advantages (N, L): the group advantage, or local credit on rationale tokens."""
-        g = self.cfg.group_size
-        grouped = reward.view(-1, g)  # (B, G)
-        if self.cfg.include_empty:
-            grouped = torch.cat([grouped, torch.zeros(len(grouped), 1)], 1)  # the empty annotation: R = 0
-        adv = group_advantages(grouped)[:, :g].reshape(-1, 1).expand_as(actions.logp).clone()  # (N, L)
-        if self.cfg.credit == "local":
-            credit = local_credits(self, ro)
-            values = torch.tensor([c for row in credit for c in row.values()]) if credit else torch.zeros(0)
-            mean, std = (values.mean(), values.std(unbiased=False) + 1e-4) if len(values) > 1 else (0.0, 1.0)
-            for i, row in enumerate(credit):
-                for t, c in row.items():
-                    adv[i][actions.owner[i] == t] = (c - mean) / std
-        return adv.to(actions.logp.device)
+    def heldout(self, demo_ids: list[int]) -> dict:
+        """The E-step objective on held-out demonstrations. Decisions and text (HF generate draws from the
+        global RNG) start from the same seed every time, so two measurements share their dice up to the
+        first choice the policies make differently."""
+        generator = torch.Generator(device=self.generator.device).manual_seed(self.cfg.seed + 7919)
+        with torch.random.fork_rng(devices=[] if generator.device.type == "cpu" else [generator.device]):
+            torch.manual_seed(self.cfg.seed + 7919)
+            ro = self.rollout(demo_ids, generator)
+        reward = self.line_rewards(ro).sum(1)
+        n_rat = ro.writes.sum(1)
+        return {"estep/heldout_objective": reward.mean().item(),
+                "estep/heldout_code_gain": ro.line_gain.sum(1).mean().item(),
+                "estep/heldout_rationales_per_program": n_rat.mean().item(),
+                "estep/heldout_kl": ro.line_kl.sum(1).mean().item()}
 
 
-def local_credits(step: EStep, ro: _Rollouts) -> list[dict[int, float]]:
-    """Per annotation: {line t of a rationale: its credit} (objectives.rationale_credit)."""
-    out = []
-    for i, ann in enumerate(ro.annotations):
-        starts = sorted(ann)
-        n_lines = len(step.enc.demos[ro.rows[i]].lines)
-        if not starts:
-            out.append({})
-            continue
-        gain = ro.line_logp[i, :n_lines] - step.plain_logp[ro.rows[i], :n_lines]
-        governs = torch.zeros(len(starts), n_lines)
-        for k, (t, span) in enumerate(zip(starts, governed_lines(starts, n_lines), strict=True)):
-            governs[k, t: t + span] = 1
-        credit = rationale_credit(gain, governs, step.cfg.switch_cost)
-        out.append({t: credit[k].item() for k, t in enumerate(starts)})
-    return out
-
-
-def rollout_metrics(step: EStep, ro: _Rollouts, reward: torch.Tensor, kl: torch.Tensor) -> dict:
+def rollout_metrics(step: EStep, ro: Rollouts, reward: torch.Tensor) -> dict:
     """The quantities method.md §8 asks to see, averaged over the batch's annotations."""
-    cfg = step.cfg
-    n_rat = torch.tensor([float(len(a)) for a in ro.annotations])
-    n_lines = torch.tensor([float(len(step.enc.demos[r].lines)) for r in ro.rows])
-    elbo = ro.line_logp.sum(1) - cfg.switch_cost * n_rat - cfg.kl_coef * kl
+    n_rat, n_lines = ro.writes.sum(1), ro.mask.sum(1)
+    plain = torch.stack([step.plain_logp[r, :len(step.enc.demos[r].lines)].sum() for r in ro.rows])
+    elbo = plain + reward  # Σ_t log p(a_t | ·, z) − c·#rationales − β·KL
     spans = [span for a, n in zip(ro.annotations, n_lines.tolist(), strict=True)
-             for span in governed_lines(sorted(a), int(n))]
-    lengths = [b - a for s in ro.seqs for a, b in s.rationale_span.values()]
+             for span in governed_lines(sorted(a.rationales), int(n))]
+    lengths = [len(r.ids) for a in ro.annotations for r in a.rationales.values()]
     metrics = {"estep/reward": reward.mean().item(), "estep/elbo": elbo.mean().item(),
-               "estep/elbo_gain": (elbo - step.plain_logp[ro.rows].sum(1)).mean().item(),
+               "estep/code_gain": ro.line_gain.sum(1).mean().item(),
                "estep/rationales_per_program": n_rat.mean().item(),
                "estep/rationale_rate": (n_rat.sum() / n_lines.sum()).item(),
                "estep/lines_per_rationale": sum(spans) / len(spans) if spans else 0.0,
                "estep/rationale_tokens": sum(lengths) / len(lengths) if lengths else 0.0,
-               "estep/kl": kl.mean().item()}
-    return {**metrics, **boundary_metrics([step.enc.demos[r] for r in ro.rows], ro.annotations)}
+               "estep/kl": ro.line_kl.sum(1).mean().item()}
+    texts = [a.texts() for a in ro.annotations]
+    return {**metrics, **boundary_metrics([step.enc.demos[r] for r in ro.rows], texts)}
 
 
 def governed_lines(starts: list[int], n_lines: int) -> list[int]:
@@ -233,45 +259,100 @@ def governed_lines(starts: list[int], n_lines: int) -> list[int]:
     return [end - t for t, end in zip(starts, ends, strict=True)]
 
 
+def names_idiom(text: str, idiom: str) -> bool:
+    """Every word of the idiom's name appears in the rationale."""
+    return all(w in text.lower() for w in idiom.lower().replace("_", " ").split())
+
+
+def states_detail(text: str, detail: str, params: tuple[int, ...]) -> bool:
+    """The rationale agrees with the step's detail: it contains the detail phrase ("until above 5"), or it
+    states numbers and every one is a parameter of the step ("keep the items above 3" for k = 3). A
+    comparison stated backwards with the right number still passes the second rule (a known blind spot)."""
+    if detail and detail.lower() in text.lower():
+        return True
+    numbers = {int(n) for n in re.findall(r"-?\d+", text)}
+    return bool(numbers) and numbers <= set(params)
+
+
 def boundary_metrics(demos: list, annotations: list[dict[int, str]]) -> dict:
-    """Precision/recall/F1 of rationale positions against the true plan-step starts, and how often a
-    rationale at a true start names that step's idiom (all of the idiom name's words appear in it)."""
-    tp = fp = fn = named = 0
+    """Precision/recall/F1 of rationale positions against the true plan-step starts; of the rationales at a
+    true start, how often one names that step's idiom, and how often it names the idiom *and* agrees with
+    the step's detail (its constant or comparison)."""
+    tp = fp = fn = named = detailed = 0
     for demo, ann in zip(demos, annotations, strict=True):
         if not demo.plan_starts:
             continue
-        truth = dict(zip(demo.plan_starts, demo.plan_names, strict=True))
+        truth = {s: k for k, s in enumerate(demo.plan_starts)}
         hits = set(ann) & set(truth)
         tp, fp, fn = tp + len(hits), fp + len(set(ann) - hits), fn + len(set(truth) - hits)
-        named += sum(all(w in ann[t].lower() for w in truth[t].lower().replace("_", " ").split()) for t in hits)
+        for t in hits:
+            k = truth[t]
+            if names_idiom(ann[t], demo.plan_names[k]):
+                named += 1
+                details = demo.plan_details[k] if demo.plan_details else ""
+                detailed += states_detail(ann[t], details, demo.plan_params[k] if demo.plan_params else ())
     if tp + fp + fn == 0:
         return {}
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
     return {"estep/boundary_precision": precision, "estep/boundary_recall": recall,
             "estep/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-9),
-            "estep/rationale_names_idiom": named / max(tp, 1)}
+            "estep/rationale_names_idiom": named / max(tp, 1),
+            "estep/rationale_names_idiom_and_detail": detailed / max(tp, 1)}
 
 
-def bootstrap(step: EStep, demo_ids: list[int]) -> list[dict]:
-    """The M-step's traces: per demonstration, the best of `bootstrap_samples` annotations from q (the
-    empty one a candidate too when include_empty), or the first sample (bootstrap=sample)."""
-    from tqdm import tqdm
+# --------------------------------------------------------------------------- the bootstrap: one trace per demo
 
-    cfg, records = step.cfg, []
-    for start in tqdm(range(0, len(demo_ids), cfg.estep_batch_size), desc="E-step bootstrap", unit="batch"):
-        chunk = demo_ids[start:start + cfg.estep_batch_size]
-        ro = step.rollout(chunk, cfg.bootstrap_samples)
-        reward = step.rewards(ro, torch.zeros(len(ro.rows))).view(len(chunk), cfg.bootstrap_samples)
-        for i, d in enumerate(chunk):
-            g = int(reward[i].argmax()) if cfg.bootstrap == "best" else 0
-            ann, r = ro.annotations[i * cfg.bootstrap_samples + g], reward[i, g].item()
-            if cfg.include_empty and cfg.bootstrap == "best" and r < 0:
-                ann, r = {}, 0.0
-            demo = step.enc.demos[d]
-            records.append({"task_id": demo.task_id, "prompt": demo.prompt, "completion": render(demo, ann),
-                            "reward": round(r, 4), "n_rationales": len(ann),
-                            "rationales": {str(t): text for t, text in sorted(ann.items())}})
-    return records
+def _keep_best(scores: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
+    """Index of the best-scoring sample, or -1 (the empty annotation) when none beats its 0."""
+    g = int(scores.argmax())
+    return -1 if include_empty and scores[g] < 0 else g
+
+
+def _keep_by_weight(log_w: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
+    """A sample drawn with probability ∝ exp(log w) (the empty annotation: log w = 0), as BoLT resamples."""
+    logits = torch.cat([log_w, torch.zeros(1)]) if include_empty else log_w
+    g = rng.choices(range(len(logits)), weights=torch.softmax(logits, 0).tolist())[0]
+    return -1 if g == len(log_w) else g
+
+
+def _keep_first(scores: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
+    return 0
+
+
+KEEP = {"best": _keep_best, "importance": _keep_by_weight, "sample": _keep_first}
+
+
+def bootstrap_records(step: EStep, ro: Rollouts, rng: random.Random) -> list[tuple[int, dict]]:
+    """Per demonstration of the rollouts, the kept annotation as an M-step trace: (demo index, record)."""
+    cfg, g = step.cfg, step.cfg.group_size
+    reward = step.line_rewards(ro).sum(1)  # (N,)
+    log_w = importance_log_weight(ro.line_gain.sum(1), ro.writes.sum(1), ro.text_logp, ro.text_logq,
+                                  cfg.switch_cost)
+    keep, by = KEEP[cfg.bootstrap], (log_w if cfg.bootstrap == "importance" else reward)
+    out = []
+    for b in range(len(ro.rows) // g):
+        k = keep(by[b * g:(b + 1) * g], cfg.include_empty, rng)
+        ann, r = (Annotation(), 0.0) if k < 0 else (ro.annotations[b * g + k], reward[b * g + k].item())
+        d = ro.rows[b * g]
+        demo, texts = step.enc.demos[d], ann.texts()
+        out.append((d, {"task_id": demo.task_id, "prompt": demo.prompt, "completion": render(demo, texts),
+                        "reward": round(r, 4), "n_rationales": len(texts),
+                        "rationales": {str(t): s for t, s in texts.items()}}))
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+def plan_demos(n_demos: int, cfg: EStepOptions, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """(held-out, RL, rest): a seeded order of the demonstrations; the held-out ones are measured and never
+    trained on (they are annotated by the final q with the rest); the RL ones are the next
+    ceil(rl_fraction · D) of them."""
+    order = list(range(n_demos))
+    random.Random(seed).shuffle(order)
+    heldout = order[:min(cfg.heldout_demos, n_demos // 2)]
+    n_rl = min(math.ceil(cfg.rl_fraction * n_demos), n_demos - len(heldout))
+    rl = order[len(heldout):len(heldout) + n_rl]
+    return heldout, rl, sorted(set(order) - set(rl))
 
 
 def run(cfg: EStepConfig) -> Path:
@@ -290,27 +371,46 @@ def run(cfg: EStepConfig) -> Path:
 
 
 def _run_main(cfg: EStepConfig, out: Path) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
     torch.manual_seed(cfg.seed)
     save_config(cfg, out / "config.yaml")
     demos = load_demos(cfg.demos, cfg.max_demos)
     start = time.monotonic()
     step = EStep(cfg, demos)
-    rng, history = random.Random(cfg.seed), []
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
+    heldout, rl, rest = plan_demos(len(demos), cfg, cfg.seed)
+    rng, history, curve, records = random.Random(cfg.seed), [], [], []
+    batches = [rl[i:i + cfg.demos_per_update] for i in range(0, len(rl), cfg.demos_per_update)]
     with SummaryWriter(str(out / "tb")) as tb:
-        for u in tqdm(range(cfg.updates), desc="E-step updates", unit="update"):
-            metrics = step.update(rng.sample(range(len(demos)), min(cfg.demos_per_update, len(demos))))
-            history.append({"update": u, **metrics})
+        def log(metrics: dict, u: int) -> None:
             for key, value in metrics.items():
-                tb.add_scalar(key, value, u)
-        step.policy.eval()
-        records = bootstrap(step, list(range(len(demos))))
+                if key != "update":
+                    tb.add_scalar(key, value, u)
+
+        def measure(u: int) -> None:
+            if heldout:
+                curve.append({"update": u, **step.heldout(heldout)})
+                log(curve[-1], u)
+
+        measure(0)
+        for u, batch in enumerate(tqdm(batches, desc="E-step RL", unit="update"), 1):
+            ro = step.rollout(batch)
+            records += bootstrap_records(step, ro, rng)
+            history.append({"update": u, **step.update(ro)})
+            log(history[-1], u)
+            if u % cfg.eval_every == 0 or u == len(batches):
+                measure(u)
+        chunk = max(1, 4 * cfg.estep_batch_size // cfg.group_size)
+        for i in tqdm(range(0, len(rest), chunk), desc="E-step bootstrap", unit="batch"):
+            records += bootstrap_records(step, step.rollout(rest[i:i + chunk]), rng)
     write_jsonl(out / "metrics.jsonl", history)
+    write_jsonl(out / "heldout.jsonl", curve)
     compute = {**step.compute, "wall_s": round(time.monotonic() - start, 2), "demos": len(demos),
-               **provenance(cfg.seed, demos=cfg.demos)}
+               "updates": len(batches), "rl_demos": len(rl), "rl_fraction_of_demos": round(len(rl) / len(demos), 4),
+               "heldout_demos": len(heldout), **provenance(cfg.seed, demos=cfg.demos)}
     atomic_write_text(out / "compute.json", json.dumps(compute, indent=2) + "\n")
+    records = [rec for _, rec in sorted(records, key=lambda x: x[0])]
     for rec in sorted(records, key=lambda r: -r["reward"])[:2]:
         logger.info("annotated example %s (reward %+.2f):\n%s%s", rec["task_id"], rec["reward"], rec["prompt"],
                     rec["completion"])

@@ -22,26 +22,49 @@ def estep_reward(code_logp: torch.Tensor, code_logp_plain: torch.Tensor, n_ratio
     return code_logp - code_logp_plain - switch_cost * n_rationales - kl_coef * kl
 
 
-def rationale_credit(line_gain: torch.Tensor, governs: torch.Tensor, switch_cost: float) -> torch.Tensor:
-    """credit_k = Σ_{t governed by k} [log p(a_t | ·, z) − log p(a_t | ·)] − c   (method.md §4, *(ours)*).
+def line_rewards(line_gain: torch.Tensor, writes: torch.Tensor, line_kl: torch.Tensor, switch_cost: float,
+                 kl_coef: float) -> torch.Tensor:
+    """r_t = [log p(a_t | x, a_<t, z_≤t) − log p(a_t | x, a_<t)] − c·w_t − β·KL_t   (method.md §4: "the reward
+    per step", with the annotation-free baseline of `estep_reward`).
 
-    A rationale governs the lines from its position up to the next rationale. `line_gain` is (T,), the
-    per-line log-likelihood gain of one annotation; `governs` is (K, T) with governs[k, t] = 1 when
-    rationale k governs line t. Returns (K,). Σ_k credit_k equals the reward without its KL term, because
-    lines before the first rationale see an identical context and gain exactly 0.
+    w_t = 1 where a rationale is written before line t, KL_t is the KL estimate of that rationale's tokens.
+    All arguments and the result are (N, T); Σ_t r_t = R(z) of `estep_reward`.
     """
-    return governs.to(line_gain.dtype) @ line_gain - switch_cost
+    return line_gain - switch_cost * writes - kl_coef * line_kl
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """A_{i,g} = (R_{i,g} − mean_g R_{i,·}) / (std_g R_{i,·} + eps)   (GRPO; method.md §4).
+def returns_to_go(rewards: torch.Tensor) -> torch.Tensor:
+    """G_t = Σ_{t' ≥ t} r_{t'}: what the decisions at boundary t and after can still change. (N, T) → (N, T)."""
+    return rewards.flip(-1).cumsum(-1).flip(-1)
 
-    `rewards` is (B, G): G annotations of each of B demonstrations. Returns (B, G). A group whose
-    annotations all score the same gets advantage 0 (nothing to learn from it).
+
+def boundary_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, include_empty: bool,
+                        eps: float = 1e-6) -> torch.Tensor:
+    """A_{i,t} = (G_{i,t} − b_{i,t}) / s   (the E-step's policy-gradient weights, method.md §4 *(ours)*).
+
+    Rows come in groups of `group_size` annotations of one demonstration; `returns` and `mask` (real
+    boundaries) are (N, T). The baseline b_{i,t} is the mean of G_{j,t} over the *other* annotations j of the
+    same demonstration, and the empty annotation's G = 0 when `include_empty`: it does not depend on
+    annotation i, so E[∇log q(action) · b] = 0 and the gradient Σ_t ∇log q(actions at t) · (G_t − b_t) is an
+    unbiased estimate of ∇ E_q[R(z)] (REINFORCE with reward-to-go: an action at t cannot change r_{<t}).
+    s = sqrt(mean over the batch's real boundaries of (G − b)²) is one positive constant per batch, so
+    every sign and every ratio between programs survives (no centring across unrelated programs).
     """
-    mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
-    std = rewards.std(dim=1, keepdim=True, unbiased=False)  # (B, 1)
-    return (rewards - mean) / (std + eps)
+    n, t = returns.shape
+    grouped = returns.view(n // group_size, group_size, t)  # (B, G, T)
+    others = grouped.sum(1, keepdim=True) - grouped  # (B, G, T): Σ_{j ≠ i} G_{j,t}
+    baseline = others / (group_size - 1 + include_empty)  # the empty annotation adds a 0 and a count
+    centred = (grouped - baseline).view(n, t) * mask  # (N, T)
+    scale = (centred.pow(2).sum() / mask.sum().clamp(min=1)).sqrt()
+    return centred / (scale + eps)
+
+
+def importance_log_weight(code_gain: torch.Tensor, n_rationales: torch.Tensor, text_logp: torch.Tensor,
+                          text_logq: torch.Tensor, switch_cost: float) -> torch.Tensor:
+    """log w(z) = [log p(a | x, z) − log p(a | x)] − c·#rationales + Σ_text [log p(token) − log q(token)]
+    (the BoLT latent bootstrap's weight p(a, z | x) / q(z | x), relative to the empty annotation; the
+    decisions' prior is the switch cost, method.md §3). All (N,); returns (N,)."""
+    return code_gain - switch_cost * n_rationales + text_logp - text_logq
 
 
 def policy_gradient_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,

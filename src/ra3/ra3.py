@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -72,10 +73,13 @@ def _mstep_config(cfg: RA3Config, model: str, traces: Path, out_dir: Path, steps
 
 
 def _iteration_summary(it_dir: Path) -> dict:
-    """What the report needs of one iteration: E-step metrics first/last, trace statistics, compute."""
-    history = read_jsonl(it_dir / "estep" / "metrics.jsonl")
+    """What the report needs of one iteration: E-step metrics first/last (training batches and held-out),
+    trace statistics, compute. An annotator without RL (an ablation) writes no metrics: those stay empty."""
+    history = read_jsonl(it_dir / "estep" / "metrics.jsonl") if (it_dir / "estep" / "metrics.jsonl").is_file() else []
+    curve = read_jsonl(it_dir / "estep" / "heldout.jsonl") if (it_dir / "estep" / "heldout.jsonl").is_file() else []
     traces = read_jsonl(it_dir / "estep" / "annotations.jsonl")
     summary = {"estep_first": history[0] if history else {}, "estep_last": history[-1] if history else {},
+               "heldout_first": curve[0] if curve else {}, "heldout_last": curve[-1] if curve else {},
                "traces_with_rationales": sum(t["n_rationales"] > 0 for t in traces) / len(traces),
                "trace_rationales_per_program": sum(t["n_rationales"] for t in traces) / len(traces),
                "trace_mean_reward": sum(t["reward"] for t in traces) / len(traces)}
@@ -89,8 +93,19 @@ def final_model_dir(cfg: RA3Config) -> Path:
     return Path(cfg.out_dir) / f"iter{cfg.iterations - 1}" / "mstep" / "model"
 
 
-def run(cfg: RA3Config) -> Path:
-    """Run the EM loop; returns the final model directory. Finished phases are skipped on a rerun."""
+# (cfg, current model, this iteration's demonstrations, the iteration's directory, iteration) -> traces JSONL
+# written to <iteration dir>/estep/annotations.jsonl, with a compute.json beside it
+Annotator = Callable[[RA3Config, str, Path, Path, int], Path]
+
+
+def rl_annotations(cfg: RA3Config, model: str, demos: Path, it_dir: Path, iteration: int) -> Path:
+    """RA3's own E-step (`estep.run`): RL on the latent policy and the bootstrap."""
+    return estep.run(_estep_config(cfg, model, demos, it_dir / "estep", iteration))
+
+
+def run(cfg: RA3Config, annotate: Annotator = rl_annotations) -> Path:
+    """Run the EM loop; returns the final model directory. Finished phases are skipped on a rerun.
+    `annotate` is the E-step (ablations swap in another source of traces, e.g. the true plan)."""
     out = Path(cfg.out_dir)
     save_config(cfg, out / "config.yaml")
     steps = [cfg.max_steps // cfg.iterations + (i < cfg.max_steps % cfg.iterations) for i in range(cfg.iterations)]
@@ -98,7 +113,7 @@ def run(cfg: RA3Config) -> Path:
     for it in range(cfg.iterations):
         it_dir = out / f"iter{it}"
         logger.info("RA3 iteration %d/%d: E-step", it + 1, cfg.iterations)
-        traces = estep.run(_estep_config(cfg, model, shards[it], it_dir / "estep", it))
+        traces = annotate(cfg, model, shards[it], it_dir, it)
         logger.info("RA3 iteration %d/%d: M-step (%d steps)", it + 1, cfg.iterations, steps[it])
         model = str(ntp.run(_mstep_config(cfg, model, traces, it_dir / "mstep", steps[it])))
         summaries.append(_iteration_summary(it_dir))

@@ -24,12 +24,16 @@ from ra3.files import DataError, atomic_write_text, read_jsonl
 
 ARMS = ("base", "ntp", "ra3", "ntp+rlvr", "ra3+rlvr")
 LABELS = {"base": "base", "ntp": "NTP", "ra3": "RA3", "ntp+rlvr": "NTP + RLVR", "ra3+rlvr": "RA3 + RLVR"}
-RATIONALE_STATS = (("estep/elbo_gain", "ELBO gain over no rationales (nats)"),
+HELDOUT_STATS = (("estep/heldout_objective", "held-out E-step objective R(z) (nats)"),
+                 ("estep/heldout_rationales_per_program", "held-out rationales per program"))
+RATIONALE_STATS = (("estep/reward", "E-step objective R(z) of the batch (nats)"),
+                   ("estep/code_gain", "code gain before c and KL (nats)"),
                    ("estep/rationales_per_program", "rationales per program"),
                    ("estep/lines_per_rationale", "lines governed per rationale"),
                    ("estep/rationale_tokens", "tokens per rationale"),
                    ("estep/boundary_precision", "boundary precision"), ("estep/boundary_recall", "boundary recall"),
-                   ("estep/boundary_f1", "boundary F1"), ("estep/rationale_names_idiom", "names the idiom"))
+                   ("estep/boundary_f1", "boundary F1"), ("estep/rationale_names_idiom", "names the idiom"),
+                   ("estep/rationale_names_idiom_and_detail", "names the idiom and its detail"))
 
 
 @dataclass
@@ -111,9 +115,9 @@ class Run:
                     out.append([{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)])
         return out
 
-    def estep_history(self, seed: int) -> list[list[dict]]:
-        """Per EM iteration, the E-step's per-update metrics."""
-        iters = sorted((self.root / f"seed{seed}" / "ra3").glob("iter*/estep/metrics.jsonl"))
+    def heldout_curves(self, seed: int) -> list[list[dict]]:
+        """Per EM iteration, the E-step objective on its held-out demonstrations, by update."""
+        iters = sorted((self.root / f"seed{seed}" / "ra3").glob("iter*/estep/heldout.jsonl"))
         return [read_jsonl(p) for p in iters]
 
     def ra3_summary(self, seed: int) -> dict:
@@ -182,21 +186,22 @@ def plot_rlvr(run: Run, path: Path) -> Path:
 
 
 def plot_estep(run: Run, path: Path) -> Path:
-    """ELBO and rationales per program over E-step updates (iterations laid end to end), per seed."""
+    """The E-step objective and rationales per program on held-out demonstrations over updates, one line per
+    seed and EM iteration."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    keys = ("estep/heldout_objective", "estep/heldout_rationales_per_program")
     for seed in run.seeds:
-        rows = [r for it in run.estep_history(seed) for r in it]
-        for ax, key in zip(axes, ("estep/elbo", "estep/rationales_per_program"), strict=True):
-            ax.plot(range(len(rows)), [r.get(key, float("nan")) for r in rows], label=f"seed {seed}")
-    for ax, title in zip(axes, ("ELBO (nats)", "rationales per program"), strict=True):
-        ax.set_xlabel("E-step update (all EM iterations)")
+        for it, curve in enumerate(run.heldout_curves(seed)):
+            for ax, key in zip(axes, keys, strict=True):
+                ax.plot([r["update"] for r in curve], [r[key] for r in curve], marker=".", label=f"s{seed} it{it}")
+    for ax, title in zip(axes, ("held-out E-step objective R(z) (nats)", "held-out rationales per program"),
+                         strict=True):
+        ax.set_xlabel("E-step update (per EM iteration)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
-
-# --------------------------------------------------------------------------- sections (blocks: md and html)
 
 def passk_rows(run: Run) -> list[tuple[str, str, str, str]]:
     """(column title, benchmark, mode, pass@k key) of the table, from the first metrics file found per
@@ -292,14 +297,20 @@ def section_estep(run: Run, out: Path) -> list:
                 table[key].append(fmt([v["iterations"][it][f"estep_{which}"].get(key, float("nan"))
                                        for v in summaries.values() if len(v.get("iterations", [])) > it], 2))
     rows = [[label, *table[key]] for key, label in RATIONALE_STATS]
+    rows = [[label, *[fmt([v["iterations"][it][f"heldout_{which}"].get(key, float("nan"))
+                           for v in summaries.values() if len(v.get("iterations", [])) > it], 2)
+                      for it in range(n_iter) for which in ("first", "last")]]
+            for key, label in HELDOUT_STATS] + rows
     kept = [["traces keeping a rationale (M-step data)",
              *[cell for it in range(n_iter)
                for cell in ("-", fmt([v["iterations"][it]["traces_with_rationales"] for v in summaries.values()
                                       if len(v.get("iterations", [])) > it], 2))]]]
     return [("h2", "E-step: ELBO and rationales"),
-            ("img", plot_estep(run, out / "estep.png"), "ELBO over E-step updates"),
-            ("p", "Per EM iteration, the E-step's first and last update (mean ± std over seeds); 'names the idiom': "
-                  "a rationale at a true idiom boundary contains the idiom's name."),
+            ("img", plot_estep(run, out / "estep.png"), "held-out E-step objective over updates"),
+            ("p", "Per EM iteration, before the first and after the last update on the held-out demonstrations "
+                  "(`heldout.jsonl`), then the first and last update's training batch (mean ± std over seeds); "
+                  "'names the idiom': a rationale at a true idiom boundary contains the idiom's name; '... and its "
+                  "detail': and agrees with the step's constant or comparison."),
             ("table", header, rows + kept)]
 
 

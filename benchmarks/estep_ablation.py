@@ -1,0 +1,146 @@
+"""RA3 against NTP with the ablations that say why it wins or loses (BENCHMARKS.md, "RA3 ablations").
+
+    python benchmarks/estep_ablation.py run --out runs/ablation --seeds 0,1,2 --arms ntp,null,oracle,resample,ra3
+    python benchmarks/estep_ablation.py table runs/ablation
+
+Every arm starts from the shipped base on the embedded-default world and trains with the demo's budget
+(`demo.MIDTRAIN`, `demo.RA3`): the same demonstrations, M-step steps, batch and optimiser. Arms:
+- ntp: the baseline (one schedule over all demonstrations).
+- null: the RA3 pipeline with rationales switched off (no RL, c = 1e6: every kept trace is the raw code):
+  what the pipeline alone does (two shards, a learning-rate restart per M-step).
+- oracle: the true plan at every step boundary (`# <idiom>: <detail>`), same M-step: what correct
+  rationales can buy at this scale.
+- resample: no RL; G samples of the model per demonstration, one kept with probability ∝ its importance
+  weight (the BoLT latent bootstrap, `estep.bootstrap = importance`).
+- ra3: the E-step as the demo runs it.
+Evaluation as the demo's: greedy pass@1 on 300 held-out tasks, pass@1/pass@4 at T = 0.8 on 80 × 4.
+A finished step is skipped, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from ra3 import demo, ntp, ra3, world
+from ra3.files import atomic_write_text, read_records, write_jsonl
+from ra3.latents import split_demo
+from ra3.rationales import insert_rationales
+
+ARMS = {"ntp": {}, "null": {"switch_cost": 1e6, "rl_fraction": 0.0, "group_size": 1, "heldout_demos": 0},
+        "oracle": {}, "resample": {"rl_fraction": 0.0, "bootstrap": "importance"}, "ra3": {}}
+
+
+def oracle_annotations(cfg: ra3.RA3Config, model: str, demos: Path, it_dir: Path, iteration: int) -> Path:
+    """The true plan as rationales: `# <idiom>: <detail>` before each step's first line."""
+    records = []
+    for r in read_records(demos, required=("prompt", "completion", "plan")):
+        d = split_demo(r["task_id"], r["prompt"], r["completion"], r["plan"])
+        texts = {p["start"]: f"{p['idiom']}: {p['detail']}" for p in r["plan"]}
+        records.append({"task_id": d.task_id, "prompt": d.prompt, "completion": insert_rationales(d.lines, texts),
+                        "reward": 0.0, "n_rationales": len(texts), "rationales": {str(t): s for t, s in texts.items()}})
+    out = it_dir / "estep"
+    atomic_write_text(out / "compute.json", json.dumps({"tokens_forward": 0, "wall_s": 0.0}) + "\n")
+    return write_jsonl(out / "annotations.jsonl", records)
+
+
+def run_arm(out: Path, arm: str, seed: int, cfg: demo.DemoConfig, data: dict[str, str], base: str) -> None:
+    d = out / f"seed{seed}" / arm
+    if arm == "ntp":
+        mid = demo.section(ntp.NTPConfig, cfg.midtrain, "midtrain", model=base, data=Path(data["demos"]),
+                           out_dir=d, seed=seed)
+        model = ntp.run(mid)
+    else:
+        mid = demo.section(ra3.RA3Config, {**cfg.midtrain, **cfg.ra3, **ARMS[arm]}, "ra3", model=base,
+                           data=Path(data["demos"]), out_dir=d, seed=seed)
+        done = d / "summary.json"
+        model = ra3.final_model_dir(mid) if done.is_file() else ra3.run(
+            mid, oracle_annotations if arm == "oracle" else ra3.rl_annotations)
+    for step in demo.eval_steps(cfg, out, arm, str(model), seed, data):
+        if not step.output.exists():
+            step.module.run(step.cfg)
+
+
+def run(out: Path, seeds: list[int], arms: list[str]) -> None:
+    cfg = demo.DemoConfig(out_dir=out)
+    if not (out / "world" / "compute.json").is_file():
+        world.run(world.WorldConfig(out_dir=out / "world"))
+    demo.ship_base(out)
+    data = {"demos": str(out / "world" / "demos.jsonl"), "world": str(out / "world")}
+    for seed in seeds:
+        for arm in arms:
+            run_arm(out, arm, seed, cfg, data, str(out / "base" / "model"))
+
+
+def _pass(out: Path, arm: str, seed: int, mode: str, k: str) -> float | None:
+    path = out / "eval" / f"{arm}-s{seed}" / f"world-{mode}_metrics.json"
+    return json.loads(path.read_text())["pass_at_k"][k]["value"] if path.is_file() else None
+
+
+def _fmt(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f} (n={len(values)})"
+
+
+def table(out: Path) -> None:
+    seeds = sorted(int(p.name[4:]) for p in out.glob("seed*"))
+    print("| arm | pass@1 greedy (300) | pass@1 T=0.8 (80×4) | pass@4 T=0.8 | per seed (greedy) |")
+    print("|---|---|---|---|---|")
+    for arm in ARMS:
+        greedy = [_pass(out, arm, s, "greedy", "pass@1") for s in seeds]
+        cols = [greedy, [_pass(out, arm, s, "sampled", "pass@1") for s in seeds],
+                [_pass(out, arm, s, "sampled", "pass@4") for s in seeds]]
+        per_seed = " / ".join("-" if v is None else f"{v:.3f}" for v in greedy)
+        print(f"| {arm} | " + " | ".join(_fmt(c) for c in cols) + f" | {per_seed} |")
+    keys = ("heldout_objective", "heldout_rationales_per_program")
+    print("\n| arm | seed | iteration | held-out objective first → last (nats) | held-out rationales/program | "
+          "kept traces with a rationale | kept rationales/program | names idiom | + detail (last update) | "
+          "E-step s | M-step s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arm in ARMS:
+        for s in seeds:
+            path = out / f"seed{s}" / arm / "summary.json"
+            if arm == "ntp" or not path.is_file():
+                continue
+            for it, summ in enumerate(json.loads(path.read_text())["iterations"]):
+                first, last = summ["heldout_first"], summ["heldout_last"]
+                span = [f"{first.get('estep/' + k, float('nan')):+.2f} → {last.get('estep/' + k, float('nan')):+.2f}"
+                        for k in keys]
+                named = summ["estep_last"].get("estep/rationale_names_idiom", float("nan"))
+                detail = summ["estep_last"].get("estep/rationale_names_idiom_and_detail", float("nan"))
+                print(f"| {arm} | {s} | {it} | {span[0]} | {span[1]} | {summ['traces_with_rationales']:.2f} | "
+                      f"{summ['trace_rationales_per_program']:.2f} | {named:.2f} | {detail:.2f} | "
+                      f"{summ['estep_compute'].get('wall_s', 0):.0f} | {summ['mstep_compute']['wall_s']:.0f} |")
+    for s in seeds:
+        path = out / f"seed{s}" / "ntp" / "compute.json"
+        if path.is_file():
+            print(f"\nNTP seed {s}: {json.loads(path.read_text())['wall_s']:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--arms", default=",".join(ARMS))
+    t = sub.add_parser("table")
+    t.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.command == "run":
+        arms = args.arms.split(",")
+        unknown = sorted(set(arms) - set(ARMS))
+        if unknown:
+            parser.error(f"unknown arm {unknown[0]!r} (one of {', '.join(ARMS)})")
+        run(args.out, [int(s) for s in args.seeds.split(",")], arms)
+    else:
+        table(args.out)
+
+
+if __name__ == "__main__":
+    main()
