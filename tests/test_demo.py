@@ -144,7 +144,8 @@ def test_shipped_base_matches_its_manifest_and_refuses_another_world(tmp_path):
     manifest = json.loads((demo.SHIPPED_BASE / "MANIFEST.json").read_text())
     assert file_sha256(demo.SHIPPED_BASE / "model.safetensors") == manifest["weights_sha256"]
     (tmp_path / "world").mkdir()
-    (tmp_path / "world" / "world.json").write_text(json.dumps({"world_sha256": "0" * 64}))
+    corpus = {**manifest["corpus_sha256"], "demos": "0" * 64}
+    (tmp_path / "world" / "world.json").write_text(json.dumps({"provenance": {"data_sha256": corpus}}))
     with pytest.raises(ConfigError, match="use --from-scratch"):
         demo.ship_base(tmp_path)
     assert not (tmp_path / "base").exists()

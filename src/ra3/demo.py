@@ -202,15 +202,19 @@ def plan(cfg: DemoConfig) -> tuple[list[Step], str]:
 # --------------------------------------------------------------------------- running it
 
 def ship_base(out: Path) -> None:
-    """Copy the shipped base into the run, after checking it was trained on this very world."""
+    """Copy the shipped base into the run, after checking it was trained on this very world: the world's
+    pretraining corpus (what the base learnt) and demonstrations (what the arms learn) must be the ones in
+    its MANIFEST.json; the task files may change format without retraining the base."""
     target, done = out / "base" / "model", out / "base" / "compute.json"
     if done.is_file():
         return
     manifest = json.loads((SHIPPED_BASE / "MANIFEST.json").read_text())
-    world_sha = json.loads((out / "world" / "world.json").read_text())["world_sha256"]
-    if world_sha != manifest["world_sha256"]:
-        raise ConfigError(f"the shipped base was trained on world {manifest['world_sha256'][:12]}, this world is "
-                          f"{world_sha[:12]} (world settings differ from configs/world.yaml); use --from-scratch")
+    corpus = json.loads((out / "world" / "world.json").read_text())["provenance"]["data_sha256"]
+    for name, sha in manifest["corpus_sha256"].items():
+        if corpus.get(name) != sha:
+            raise ConfigError(f"the shipped base was trained on a world whose {name} corpus is {sha[:12]}, this "
+                              f"world's is {str(corpus.get(name))[:12]} (world settings differ from "
+                              "configs/world.yaml); use --from-scratch")
     weights = SHIPPED_BASE / "model.safetensors"
     if file_sha256(weights) != manifest["weights_sha256"]:
         raise DataError(f"{weights}: checksum differs from MANIFEST.json (damaged checkpoint)")
