@@ -199,10 +199,12 @@ def judge_name(tests: Tests, mode: str | None = None) -> str:
 # --------------------------------------------------------------------------- isolation and verdicts
 
 def _bwrap_works() -> bool:
+    """Whether bubblewrap namespaces work here (a seam the tests patch to force limits-only mode)."""
     return sandbox_worker.bwrap_works()
 
 
 def _pids_cgroup_parent():
+    """The writable pids cgroup parent (root only), or None."""
     return sandbox_worker.pids_cgroup_parent()
 
 
@@ -213,6 +215,7 @@ def _warn_limits_only() -> None:
 
 
 def _setup_for(limits: Limits) -> Setup:
+    """The worker a job's limits need (namespaced when asked and possible, warning once when not)."""
     namespaced = limits.namespaces and _bwrap_works()
     if limits.namespaces and not namespaced:
         _warn_limits_only()

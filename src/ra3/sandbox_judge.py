@@ -104,11 +104,13 @@ class Program:
         self.gone = False  # its process ended (or its socket broke) while we waited on it
 
     def _handle(self, n: int) -> Remote:
+        """The one proxy for the program's n-th handle (the same object each time it comes back)."""
         if n not in self.handles:
             self.handles[n] = Remote(self, n)
         return self.handles[n]
 
     def send(self, message: tuple) -> None:
+        """One frame to the program's process; ProgramGone if it is no longer there."""
         try:
             self.sock.sendall(wire.frame(message))
         except OSError as e:
@@ -135,6 +137,7 @@ class Program:
 
     @staticmethod
     def result(reply: tuple):
+        """A reply's value, or the program's exception raised here (ProgramGone if malformed)."""
         if reply[0] == "ret" and len(reply) == 2:
             return reply[1]
         if reply[0] == "exc" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
@@ -162,6 +165,7 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- comparing plain values
 
 def _plain_key(value) -> bool:
+    """A dict key or set element of plain type (tuples of them too)."""
     if type(value) is tuple:
         return all(_plain_key(v) for v in value)
     return type(value) in _PLAIN_KEYS
@@ -220,6 +224,7 @@ def _oracle(tests: dict):
 
 
 def _same_tokens(out: str, exp: str) -> bool:
+    """Whitespace-separated tokens equal, numbers within 1e-6 (LiveCodeBench, Codeforces)."""
     a, b = out.split(), exp.split()
     if len(a) != len(b):
         return False
