@@ -220,3 +220,4 @@ def test_states_detail():
     assert not states_detail("take while: until below 6", "until above 5", (5,))
     assert states_detail("keep only the items above 3", "x > 3", (3,))
     assert not states_detail("filter", "x > 3", (3,))
+    assert states_detail("reverse", "back to front", ()) and not states_detail("reverse 3", "back to front", ())

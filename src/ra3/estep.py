@@ -175,23 +175,27 @@ class EStep:
                                                  self.cfg.rationale_max_tokens, generator or self.generator,
                                                  self.cfg.estep_batch_size)
         seqs = [self.enc.sequence(r, a) for r, a in zip(rows, annotations, strict=True)]
-        scores = score(self.scorer, self.enc, seqs, self.cfg.estep_batch_size)
-        counts["tokens_forward"] += sum(len(s.ids) for s in seqs)
-        for k, v in counts.items():
-            self.compute[k] += v
-        n, width = scores.line_logp.shape
         n_lines = torch.tensor([len(self.enc.demos[r].lines) for r in rows])
+        n, width = len(rows), int(n_lines.max())
         mask = (torch.arange(width) < n_lines.unsqueeze(1)).float()  # (N, T)
+        line_logp = self.plain_logp[rows, :width].clone()  # an empty annotation scores as the plain trace
+        annotated = [i for i, a in enumerate(annotations) if a.rationales]
         writes, line_kl = torch.zeros(n, width), torch.zeros(n, width)
         text_logp, text_logq = torch.zeros(n), torch.zeros(n)
-        for i, (ann, ref) in enumerate(zip(annotations, scores.rationale_logp, strict=True)):
-            for t, r in ann.rationales.items():
+        if annotated:
+            scores = score(self.scorer, self.enc, [seqs[i] for i in annotated], self.cfg.estep_batch_size)
+            line_logp[annotated] = scores.line_logp[:, :width]
+            counts["tokens_forward"] += sum(len(seqs[i].ids) for i in annotated)
+        for i, ref in zip(annotated, scores.rationale_logp if annotated else [], strict=True):
+            for t, r in annotations[i].rationales.items():
                 logq = torch.tensor(r.logq[1:])  # the sampled text tokens (h is the decision)
                 logp = ref[t][:len(logq)]
                 writes[i, t], line_kl[i, t] = 1.0, kl_k3(logq, logp).sum()
                 text_logp[i] += logp.sum()
                 text_logq[i] += logq.sum()
-        gain = (scores.line_logp - self.plain_logp[rows, :width]) * mask
+        for k, v in counts.items():
+            self.compute[k] += v
+        gain = (line_logp - self.plain_logp[rows, :width]) * mask
         return Rollouts(rows, annotations, seqs, gain, writes, line_kl, text_logp, text_logq, mask)
 
     def line_rewards(self, ro: Rollouts) -> torch.Tensor:
@@ -265,13 +269,15 @@ def names_idiom(text: str, idiom: str) -> bool:
 
 
 def states_detail(text: str, detail: str, params: tuple[int, ...]) -> bool:
-    """The rationale agrees with the step's detail: it contains the detail phrase ("until above 5"), or it
-    states numbers and every one is a parameter of the step ("keep the items above 3" for k = 3). A
-    comparison stated backwards with the right number still passes the second rule (a known blind spot)."""
+    """The rationale agrees with the step's detail: it contains the detail phrase ("until above 5"); or the
+    step has parameters, the rationale states numbers and every one is a parameter ("keep the items above
+    3" for k = 3); or the step has none and the rationale states no number ("reverse"). Known blind spots:
+    a comparison stated backwards with the right number, and a parameterless variant named wrongly ("odd"
+    for "even")."""
     if detail and detail.lower() in text.lower():
         return True
     numbers = {int(n) for n in re.findall(r"-?\d+", text)}
-    return bool(numbers) and numbers <= set(params)
+    return numbers <= set(params) and bool(numbers) == bool(params)
 
 
 def boundary_metrics(demos: list, annotations: list[dict[int, str]]) -> dict:
