@@ -3,7 +3,7 @@
 A worker is two long-lived processes joined by a socket pair that only they hold: a *program server*
 (`sandbox_harness.py`), inside bubblewrap namespaces where the kernel allows, that forks every program
 from a clean interpreter; and a *judge* (`sandbox_judge.py`), outside the sandbox, that holds the tests,
-the expected outputs and the comparison, and forks a judge child per job. Only plain values cross from
+the expected outputs and the comparison. Only plain values cross from
 the program to the judge (`sandbox_wire`: int, float, complex, str, bytes, bool, None and lists, tuples,
 dicts, sets of them, size-capped, type-checked on arrival, never pickle); any other program object
 reaches the judge as an opaque proxy. `run_jobs` keeps one worker per thread; `run_job` starts one for its
@@ -32,11 +32,12 @@ What is covered (each line has a test in tests/test_sandbox.py or tests/test_san
   modes, and the correct program still passes. The expected outputs never enter the sandbox.
 - A verdict is accepted once, from the judge we started: the parent reads the judge's channel with
   SO_PASSCRED, and a byte from any other process, a verdict carrying another job's nonce, or a second
-  verdict makes it `fail`; a judge child that writes two verdicts makes it `fail`. `sys.exit`,
+  verdict makes it `fail`. `sys.exit`,
   `os._exit`, signals, killing the program server or closing descriptors end in `error`, never `pass`.
 - Wall-clock timeout enforced by the parent with SIGKILL of the worker (a fresh one takes the next job);
   CPU-time, address-space, file-size, open-file, message-queue and process-count limits set before the
-  program runs; stdout/stderr capped. The judge child has an address-space limit too.
+  program runs; stdout/stderr capped; each reply from the program's process is capped (256 MB) before
+  the judge reads it.
 - With bubblewrap: new user, PID, network, IPC, UTS and cgroup namespaces; all capabilities dropped;
   the host filesystem read-only; the only writable place a private, size-capped tmpfs that is the working
   directory, HOME and TMPDIR; /dev (and /dev/shm) read-only; no network; the parent's and the judge's

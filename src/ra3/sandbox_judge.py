@@ -5,23 +5,24 @@
 It holds everything a program must not reach: the tests, the expected outputs, the comparison and the
 verdict. For each job from the parent (PARENT_FD, a socket pair: 8-byte length, marshalled dict with nonce,
 mode, program, tests, entry_point, limits) it makes a fresh *call socket* pair, sends the program (never
-the tests) and one end of that pair to the program's server in the sandbox (SANDBOX_FD), and forks a
-*judge child* that runs the tests against the program through the other end:
+the tests) and one end of that pair to the program's server in the sandbox (SANDBOX_FD), and judges the
+program through the other end:
 
 - functional: the entry point is mapped over the inputs in the program's process; each output comes back
   as plain values (`sandbox_wire`) and is compared here, type-first, with EvalPlus's float tolerance or
   the test's special oracle (trusted code run here);
 - script (HumanEval `check`, MBPP asserts): the test code, and its trusted setup (HumanEval's prompt and
-  its helpers), run *here*, with every name the tests use that they do not define themselves (the entry
-  point first) bound to what the program's process has under that name: a plain value, or a proxy
-  (`Remote`) whose calls, attribute reads and writes go to the program and come back as plain values or
-  further proxies;
+  its helpers), run *here*, in a fresh namespace, with every name the tests use that they do not define
+  themselves (the entry point first) bound to what the program's process has under that name: a plain
+  value, or a proxy (`Remote`) whose calls, attribute reads and writes go to the program and come back as
+  plain values or further proxies;
 - stdio: the program runs once per stdin in the sandbox; its stdout comes back and is compared token-wise.
 
-The judge child writes its progress (`ok` per passed case) and then exactly one `end` to a pipe only it
-holds; we forward the progress, tell the sandbox to end the job (one byte), read its `fin`, and send the
-parent one `verdict` frame carrying the job's nonce. A judge child that ends without an `end`, or writes
-more than one, makes the verdict `error`/`fail`. We and our children are not dumpable.
+We send the parent progress (`ok` with the count of passed cases, at most every 10 ms) and exactly one
+`verdict` frame carrying the job's nonce, then tell the sandbox to end the job (one byte), read its `fin`
+and pass it on. We are not dumpable. (A judge child forked per job would keep test code's side effects
+out of the next job, but costs a fork and two relayed frames per verdict; the namespace is fresh and the
+recursion limit restored instead.)
 
 Standard library only, no import of `ra3`: the file runs as a script, importing only its sibling
 `sandbox_wire`.
@@ -29,15 +30,14 @@ Standard library only, no import of `ra3`: the file runs as a script, importing 
 
 import ast
 import builtins
-import contextlib
 import ctypes
 import marshal
 import math
 import os
-import resource
 import signal
 import socket
 import sys
+import time
 
 import sandbox_wire as wire  # the sibling module; sys.path[0] is this file's directory until `serve` pops it
 
@@ -245,7 +245,10 @@ def _run_functional(job: dict, program: Program, report) -> tuple:
     """Map the entry point over the inputs in the program's process; compare here; stop at the first miss."""
     tests = job["tests"]
     compare, record = _oracle(tests), job["mode"] == "record"
-    program.send(("map", job["entry_point"], tests["inputs"], bool(tests.get("digest"))))
+    program.send(("map", job["entry_point"], tests["inputs"], bool(tests.get("digest"))))  # queued behind `ready`
+    why = program.ready()
+    if why:
+        return 0, 0, "error", why
     outputs = []
     for i, args in enumerate(tests["inputs"]):
         reply = program.receive()
@@ -284,6 +287,9 @@ def _run_script(job: dict, program: Program, report) -> tuple:
     """The test code runs here, its free names bound to the program's values and proxies."""
     tests = job["tests"]
     namespace = {"__name__": "__ra3_tests__", "__builtins__": builtins}
+    why = program.ready()
+    if why:
+        return 0, 0, "error", why
     try:
         exec(compile(tests.get("setup", ""), "<setup>", "exec"), namespace)  # trusted: HumanEval's prompt
         for name in [job["entry_point"], *_names(tests.get("setup", ""), tests["code"])]:
@@ -306,6 +312,9 @@ def _run_stdio(job: dict, program: Program, report) -> tuple:
     """The program ran once per stdin in the sandbox; its stdout is compared token-wise here."""
     tests = job["tests"]
     program.send(("stdio", tests["inputs"]))
+    why = program.ready()
+    if why:
+        return 0, 0, "error", why
     for i, expected in enumerate(tests["outputs"]):
         reply = program.receive()
         if len(reply) != 3 or reply[0] != "out" or type(reply[2]) is not bytes:
@@ -324,88 +333,51 @@ def _run_stdio(job: dict, program: Program, report) -> tuple:
 RUNNERS = {"functional": _run_functional, "record": _run_functional, "script": _run_script, "stdio": _run_stdio}
 
 
-# --------------------------------------------------------------------------- one job, in a forked child
+# --------------------------------------------------------------------------- one job
 
-def _judge_child(job: dict, sock: socket.socket, out: int) -> None:
-    """Judge one job in this forked process: progress and one `end` frame to `out`. Never returns."""
-    write = os.write
+class _Progress:
+    """Passed cases, reported to the parent at most every `every` seconds (and exactly, in the verdict),
+    so that a timed-out job keeps its partial credit without one frame per case."""
 
-    def report(case: int) -> None:
-        write(out, wire.frame(("ok", case)))
+    def __init__(self, parent: socket.socket, nonce: str, every: float = 0.01) -> None:
+        self.parent, self.nonce, self.every, self.last = parent, nonce, every, time.monotonic()
 
-    program = None
+    def __call__(self, case: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.parent.sendall(wire.frame(("ok", self.nonce, case + 1)))
+            self.last = now
+
+
+def _run(job: dict, program: Program, report) -> tuple:
+    """The job's verdict (run, passed, status, detail), whatever the program or the tests do."""
+    limit = sys.getrecursionlimit()
     try:
-        limits = job["limits"]
-        if job["mode"] != "record":  # the tests are trusted, but the values they see are not
-            memory = max(2 * limits["memory_mb"], 1024) << 20
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        program = Program(sock, REPLY_CAP.get(job["mode"], DEFAULT_REPLY_CAP))
-        why = program.ready()
-        result = (0, 0, "error", why) if why else RUNNERS[job["mode"]](job, program, report)
+        return RUNNERS[job["mode"]](job, program, report)
     except ProgramGone as e:
-        result = (0, 0, "error", str(e))
-    except BaseException as e:  # noqa: BLE001 - the judge must always say something
-        result = (0, 0, "error", f"judge: {_one_line(e)}")
-    gone = program is not None and program.gone
-    try:
-        data = wire.frame(("end", *result, gone))
-    except ValueError as e:
-        data = wire.frame(("end", 0, 0, "error", f"judge: {_one_line(e)}", gone))
-    with contextlib.suppress(OSError):
-        while data:
-            data = data[write(out, data):]
-    os._exit(0)
-
-
-def _relay(verdicts: int, parent: socket.socket, nonce: str) -> tuple:
-    """Forward the judge child's progress to the parent; its one `end` (or why there is none)."""
-    end = None
-    while True:
-        try:
-            body = wire.read_frame(lambda n: os.read(verdicts, n), DEFAULT_REPLY_CAP << 6)
-        except wire.WireError as e:
-            return (0, 0, "error", f"judge: {e}", False)
-        if body is None:
-            return end or (0, 0, "error", "judge: ended without a verdict", False)
-        message = marshal.loads(body)
-        if end is not None:
-            return (end[0], end[1], "fail", "judge: more than one verdict", False)
-        if message[0] == "ok":
-            parent.sendall(wire.frame(("ok", nonce, message[1])))
-        else:
-            end = message[1:]
+        return (0, 0, "error", str(e))
+    except Exception as e:  # noqa: BLE001 - the judge must always say something
+        return (0, 0, "error", f"judge: {_one_line(e)}")
+    finally:
+        sys.setrecursionlimit(limit)  # trusted test code may have changed it; the next job gets ours
 
 
 def _judge(job: dict, nonce: str, parent: socket.socket, sandbox: socket.socket) -> tuple | None:
-    """Send the program to the sandbox, judge it in a child, send the parent the verdict, end the job in
-    the sandbox; the `fin` frame for the parent (None if the sandbox is gone)."""
+    """Send the program to the sandbox, judge it here, send the parent the verdict, end the job in the
+    sandbox; the `fin` frame for the parent (None if the sandbox is gone)."""
     mine, theirs = socket.socketpair()
     payload = marshal.dumps({k: job[k] for k in ("mode", "program", "entry_point", "limits")})
-    length = len(payload).to_bytes(wire.HEADER, "little")
     try:
-        socket.send_fds(sandbox, [length], [theirs.fileno()])
+        socket.send_fds(sandbox, [len(payload).to_bytes(wire.HEADER, "little")], [theirs.fileno()])
         sandbox.sendall(payload)
     except OSError:
         return None
     finally:
         theirs.close()
-    verdicts, out = os.pipe()
-    child = os.fork()
-    if child == 0:
-        with contextlib.suppress(BaseException):
-            for fd in (parent.fileno(), sandbox.fileno(), verdicts):
-                os.close(fd)
-            _judge_child(job, mine, out)
-        os._exit(70)
-    mine.close()
-    os.close(out)
-    try:
-        result = _relay(verdicts, parent, nonce)
-    finally:
-        os.close(verdicts)
-        os.waitpid(child, 0)
-    *result, gone = result
-    if not gone:  # the verdict first: a sandbox that does not end the job cannot hold it back
+    program = Program(mine, REPLY_CAP.get(job["mode"], DEFAULT_REPLY_CAP))
+    result = _run(job, program, _Progress(parent, nonce))
+    mine.close()  # the program's process reads its end: nothing more will come
+    if not program.gone:  # the verdict first: a sandbox that does not end the job cannot hold it back
         parent.sendall(wire.frame(("verdict", nonce, *result)))
     sandbox.sendall(b"s")  # the verdict is in: the sandbox may end the job
     fin = b""
@@ -415,7 +387,7 @@ def _judge(job: dict, nonce: str, parent: socket.socket, sandbox: socket.socket)
             return None
         fin += chunk
     code = int(fin.split()[1])
-    if gone:  # the program's process ended early: say how
+    if program.gone:  # the program's process ended early: say how
         how = f"killed by signal {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit status {code}"
         parent.sendall(wire.frame(("verdict", nonce, *result[:3], f"{result[3]} ({how})")))
     return ("fin", nonce, code, fin.split()[2] == b"ready")
