@@ -221,3 +221,34 @@ def test_states_detail():
     assert states_detail("keep only the items above 3", "x > 3", (3,))
     assert not states_detail("filter", "x > 3", (3,))
     assert states_detail("reverse", "back to front", ()) and not states_detail("reverse 3", "back to front", ())
+
+
+def test_two_processes_annotate_every_demo_once_with_identical_replicas(commenting_model, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): each rank annotates its share, q's gradients are
+    averaged, so the two replicas end identical; what equals the 1-process run: every demonstration gets
+    exactly one trace of its own code, in the same order, the updates and held-out measurements happen at
+    the same points, and the held-out set is the same. (The samples differ: each rank has its own dice.)"""
+    model, demos = commenting_model
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
+    args = ["estep", "--model", str(model), "--demos", str(demos), "--rl-fraction", "0.5", "--heldout-demos", "4",
+            "--demos-per-update", "4", "--eval-every", "2", "--temperature", "1.0", "--seed", "1"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "ra3.cli"]
+    outs = {}
+    for name, cmd in (("one", [sys.executable, "-m", "ra3.cli"]), ("two", launch)):
+        outs[name] = tmp_path / name
+        run = subprocess.run([*cmd, *args, "--out-dir", str(outs[name])], env=ENV, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    traces = {k: [json.loads(line) for line in (v / "annotations.jsonl").read_text().splitlines()]
+              for k, v in outs.items()}
+    source = [json.loads(line) for line in demos.read_text().splitlines()]
+    for rows in traces.values():
+        assert [t["task_id"] for t in rows] == [d["task_id"] for d in source]
+        assert all([ln for ln in t["completion"].splitlines() if not ln.lstrip().startswith("#")]
+                   == d["completion"].splitlines() for t, d in zip(rows, source, strict=True))
+    compute = {k: json.loads((v / "compute.json").read_text()) for k, v in outs.items()}
+    assert compute["two"]["processes"] == 2 and compute["two"]["replicas_identical"]
+    assert all(compute["one"][k] == compute["two"][k] for k in ("updates", "rl_demos", "heldout_demos"))
+    curves = {k: [json.loads(line)["update"] for line in (v / "heldout.jsonl").read_text().splitlines()]
+              for k, v in outs.items()}
+    assert curves["one"] == curves["two"] == [0, 2, 4]

@@ -16,9 +16,10 @@ ELBO still to come), and a rationale that costs more than the group's alternativ
 
 Departures from the paper (every one a config field where it is a choice):
 1. Steps are source lines only (method.md's statement/token-chunk granularities are not built).
-2. Rollouts are synchronous and run in one process on its device (the main process's GPU under
-   `accelerate launch`, else the CPU); the paper's are asynchronous and distributed. The GPU placement
-   is untested here (no GPU was lent to this project's CPU sessions).
+2. Rollouts are synchronous; under `accelerate launch` each rank samples and scores its share of every
+   batch on its device and q's gradients are averaged over ranks (data parallel, replicas identical); the
+   paper's rollouts are asynchronous. The GPU placement is untested here (no GPU was lent to this
+   project's CPU sessions); 2 CPU processes (gloo) are tested.
 3. The reward subtracts the annotation-free log-likelihood (a per-demonstration constant), and the empty
    annotation joins every group's baseline and the bootstrap's candidates (`include_empty`); it is not
    a sample of q, so it never enters the policy-gradient loss.
@@ -31,6 +32,7 @@ Departures from the paper (every one a config field where it is a choice):
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -155,18 +157,28 @@ class EStep:
 
     def __init__(self, cfg: EStepConfig, demos: list):
         self.cfg = cfg
-        device = PartialState().device  # this process's accelerator (cuda:<local rank>), or the CPU
+        state = process_state()
+        self.rank, self.world, device = state.process_index, state.num_processes, state.device
         self.scorer, self.tokenizer = load_pretrained(cfg.model, dtype=torch.float32, device=device)
         self.scorer.eval().requires_grad_(False)
         self.policy = copy.deepcopy(self.scorer).requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.estep_lr, weight_decay=0.0)
         self.temps = Temperatures(cfg.decision_temperature, cfg.temperature)
         self.enc = Encoder(self.tokenizer, demos)
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * self.rank)
         self.compute = {"tokens_forward": 0, "tokens_backward": 0, "tokens_generated": 0}
-        plain = [self.enc.sequence(i, Annotation()) for i in range(len(demos))]
-        self.plain_logp = score(self.scorer, self.enc, plain, cfg.estep_batch_size).line_logp  # (D, T)
-        self.compute["tokens_forward"] += sum(len(s.ids) for s in plain)
+        self._plain = torch.full((len(demos), max(len(d.lines) for d in demos)), float("nan"))  # (D, T)
+
+    def plain_logp(self, rows: list[int]) -> torch.Tensor:
+        """log p(a_t | x, a_<t) per line of the annotation-free traces of `rows`, (N, T); each demonstration
+        is scored once, when first asked for (a rank scores only the demonstrations it annotates)."""
+        todo = sorted({r for r in rows if self._plain[r, 0].isnan()})
+        if todo:
+            seqs = [self.enc.sequence(r, Annotation()) for r in todo]
+            scored = score(self.scorer, self.enc, seqs, self.cfg.estep_batch_size).line_logp
+            self._plain[todo] = torch.nn.functional.pad(scored, (0, self._plain.shape[1] - scored.shape[1]))
+            self.compute["tokens_forward"] += sum(len(s.ids) for s in seqs)
+        return self._plain[rows]
 
     def rollout(self, demo_ids: list[int], generator: torch.Generator | None = None) -> Rollouts:
         """G annotations of each demonstration from q, scored by p."""
@@ -178,7 +190,8 @@ class EStep:
         n_lines = torch.tensor([len(self.enc.demos[r].lines) for r in rows])
         n, width = len(rows), int(n_lines.max())
         mask = (torch.arange(width) < n_lines.unsqueeze(1)).float()  # (N, T)
-        line_logp = self.plain_logp[rows, :width].clone()  # an empty annotation scores as the plain trace
+        plain = self.plain_logp(rows)[:, :width]
+        line_logp = plain.clone()  # an empty annotation scores as the plain trace
         annotated = [i for i, a in enumerate(annotations) if a.rationales]
         writes, line_kl = torch.zeros(n, width), torch.zeros(n, width)
         text_logp, text_logq = torch.zeros(n), torch.zeros(n)
@@ -195,7 +208,7 @@ class EStep:
                 text_logq[i] += logq.sum()
         for k, v in counts.items():
             self.compute[k] += v
-        gain = (line_logp - self.plain_logp[rows, :width]) * mask
+        gain = (line_logp - plain) * mask
         return Rollouts(rows, annotations, seqs, gain, writes, line_kl, text_logp, text_logq, mask)
 
     def line_rewards(self, ro: Rollouts) -> torch.Tensor:
@@ -214,6 +227,7 @@ class EStep:
             loss = policy_gradient_loss(actions.logp, actions.logq_sampled, adv, actions.mask, cfg.clip_eps)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._average_gradients()
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.estep_max_grad_norm)
             self.optimizer.step()
             n_tokens = sum(len(s.ids) for s in ro.seqs)
@@ -222,26 +236,37 @@ class EStep:
         self.policy.eval()
         return {**rollout_metrics(self, ro, rewards.sum(1)), "estep/loss": loss.item()}
 
+    def _average_gradients(self) -> None:
+        """Data parallelism by hand (q is not wrapped in DDP: most of its passes are no-grad sampling):
+        every rank's gradient becomes the mean over ranks, so the replicas take identical steps."""
+        if self.world > 1:
+            for param in self.policy.parameters():
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= self.world
+
     def heldout(self, demo_ids: list[int]) -> dict:
-        """The E-step objective on held-out demonstrations. Decisions and text (HF generate draws from the
-        global RNG) start from the same seed every time, so two measurements share their dice up to the
-        first choice the policies make differently."""
-        generator = torch.Generator(device=self.generator.device).manual_seed(self.cfg.seed + 7919)
+        """The E-step objective on held-out demonstrations (each rank its share, averaged over all). Decisions
+        and text (HF generate draws from the global RNG) start from the same seed every time, so two
+        measurements share their dice up to the first choice the policies make differently."""
+        seed = self.cfg.seed + 7919 + 1000 * self.rank
+        generator = torch.Generator(device=self.generator.device).manual_seed(seed)
         with torch.random.fork_rng(devices=[] if generator.device.type == "cpu" else [generator.device]):
-            torch.manual_seed(self.cfg.seed + 7919)
-            ro = self.rollout(demo_ids, generator)
-        reward = self.line_rewards(ro).sum(1)
-        n_rat = ro.writes.sum(1)
-        return {"estep/heldout_objective": reward.mean().item(),
-                "estep/heldout_code_gain": ro.line_gain.sum(1).mean().item(),
-                "estep/heldout_rationales_per_program": n_rat.mean().item(),
-                "estep/heldout_kl": ro.line_kl.sum(1).mean().item()}
+            torch.manual_seed(seed)
+            mine = demo_ids[self.rank::self.world]
+            ro = self.rollout(mine, generator) if mine else None
+        sums = torch.zeros(5) if ro is None else torch.stack([
+            self.line_rewards(ro).sum(), ro.line_gain.sum(), ro.writes.sum(), ro.line_kl.sum(),
+            torch.tensor(float(len(ro.rows)))])
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+        keys = ("objective", "code_gain", "rationales_per_program", "kl")
+        return {f"estep/heldout_{k}": (v / sums[-1]).item() for k, v in zip(keys, sums, strict=False)}
 
 
 def rollout_metrics(step: EStep, ro: Rollouts, reward: torch.Tensor) -> dict:
     """The quantities method.md §8 asks to see, averaged over the batch's annotations."""
     n_rat, n_lines = ro.writes.sum(1), ro.mask.sum(1)
-    plain = torch.stack([step.plain_logp[r, :len(step.enc.demos[r].lines)].sum() for r in ro.rows])
+    plain = step.plain_logp(ro.rows).sum(1)  # 0 past each demo's end
     elbo = plain + reward  # Σ_t log p(a_t | ·, z) − c·#rationales − β·KL
     spans = [span for a, n in zip(ro.annotations, n_lines.tolist(), strict=True)
              for span in governed_lines(sorted(a.rationales), int(n))]
@@ -361,63 +386,102 @@ def plan_demos(n_demos: int, cfg: EStepOptions, seed: int) -> tuple[list[int], l
     return heldout, rl, sorted(set(order) - set(rl))
 
 
+def process_state() -> PartialState:
+    """This process's place under `accelerate launch` (rank, world size, device); on a machine without CUDA
+    the ranks are CPU processes joined by gloo (accelerate takes a GPU launch config for no processes
+    unless told `cpu`)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def run(cfg: EStepConfig) -> Path:
     """Run the E-step; returns annotations.jsonl (the M-step's traces). A finished run returns at once.
 
-    Under `accelerate launch` (RA3's M-step is distributed) the main process runs the E-step on its
-    device and the other processes wait for its traces (departure 2)."""
+    Under `accelerate launch` every rank annotates its share of each batch and of the rest, the ranks
+    average q's gradients (identical replicas), and the main process writes the files."""
     out = Path(cfg.out_dir)
-    state = PartialState()
+    state = process_state()
     if (out / "annotations.jsonl").is_file():
         logger.info("%s is finished; skipping", out)
-    elif state.is_main_process:
-        _run_main(cfg, out)
+    else:
+        _run(cfg, out, state)
     state.wait_for_everyone()
     return out / "annotations.jsonl"
 
 
-def _run_main(cfg: EStepConfig, out: Path) -> Path:
+def _run(cfg: EStepConfig, out: Path, state: PartialState) -> None:
+    from accelerate.utils import gather_object
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    torch.manual_seed(cfg.seed)
-    save_config(cfg, out / "config.yaml")
+    if cfg.demos_per_update < state.num_processes:
+        raise ConfigError(f"demos_per_update ({cfg.demos_per_update}) must be >= the number of processes "
+                          f"({state.num_processes}): every rank takes a share of each batch")
+    torch.manual_seed(cfg.seed + 1000 * state.process_index)
+    if state.is_main_process:
+        save_config(cfg, out / "config.yaml")
     demos = load_demos(cfg.demos, cfg.max_demos)
     start = time.monotonic()
     step = EStep(cfg, demos)
     heldout, rl, rest = plan_demos(len(demos), cfg, cfg.seed)
-    rng, history, curve, records = random.Random(cfg.seed), [], [], []
+    rank, world = state.process_index, state.num_processes
+    rng, history, curve, records = random.Random(cfg.seed + 1000 * rank), [], [], []
     batches = [rl[i:i + cfg.demos_per_update] for i in range(0, len(rl), cfg.demos_per_update)]
-    with SummaryWriter(str(out / "tb")) as tb:
-        def log(metrics: dict, u: int) -> None:
-            for key, value in metrics.items():
-                if key != "update":
-                    tb.add_scalar(key, value, u)
+    if batches and len(batches[-1]) < world:  # every rank needs a share of every batch
+        rest = sorted(rest + batches.pop())
+    tb = SummaryWriter(str(out / "tb")) if state.is_main_process else None
 
-        def measure(u: int) -> None:
-            if heldout:
-                curve.append({"update": u, **step.heldout(heldout)})
-                log(curve[-1], u)
+    def log(metrics: dict, u: int) -> None:
+        for key, value in metrics.items():
+            if tb is not None and key != "update":
+                tb.add_scalar(key, value, u)
 
-        measure(0)
-        for u, batch in enumerate(tqdm(batches, desc="E-step RL", unit="update"), 1):
-            ro = step.rollout(batch)
-            records += bootstrap_records(step, ro, rng)
-            history.append({"update": u, **step.update(ro)})
-            log(history[-1], u)
-            if u % cfg.eval_every == 0 or u == len(batches):
-                measure(u)
-        chunk = max(1, 4 * cfg.estep_batch_size // cfg.group_size)
-        for i in tqdm(range(0, len(rest), chunk), desc="E-step bootstrap", unit="batch"):
-            records += bootstrap_records(step, step.rollout(rest[i:i + chunk]), rng)
+    def measure(u: int) -> None:
+        if heldout:
+            curve.append({"update": u, **step.heldout(heldout)})
+            log(curve[-1], u)
+
+    measure(0)
+    for u, batch in enumerate(tqdm(batches, desc="E-step RL", unit="update", disable=rank > 0), 1):
+        ro = step.rollout(batch[rank::world])
+        records += bootstrap_records(step, ro, rng)
+        history.append({"update": u, **step.update(ro)})  # the metrics of this rank's share
+        log(history[-1], u)
+        if u % cfg.eval_every == 0 or u == len(batches):
+            measure(u)
+    chunk = max(1, 4 * cfg.estep_batch_size // cfg.group_size)
+    mine = rest[rank::world]
+    for i in tqdm(range(0, len(mine), chunk), desc="E-step bootstrap", unit="batch", disable=rank > 0):
+        records += bootstrap_records(step, step.rollout(mine[i:i + chunk]), rng)
+    counts = torch.tensor([float(v) for v in step.compute.values()])
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+        records = gather_object(records)
+    replicas = gather_object([_checksum(step.policy)])
+    if tb is not None:
+        tb.close()
+    if state.is_main_process:
+        compute = {**dict(zip(step.compute, (int(c) for c in counts), strict=True)),
+                   "wall_s": round(time.monotonic() - start, 2), "demos": len(demos), "processes": world,
+                   "replicas_identical": len(set(replicas)) == 1,
+                   "updates": len(batches), "rl_demos": len(rl), "rl_fraction_of_demos": round(len(rl) / len(demos), 4),
+                   "heldout_demos": len(heldout), **provenance(cfg.seed, demos=cfg.demos)}
+        _write_outputs(out, history, curve, compute, [rec for _, rec in sorted(records, key=lambda x: x[0])])
+
+
+def _checksum(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights (the ranks' replicas of q must agree)."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_outputs(out: Path, history: list[dict], curve: list[dict], compute: dict, records: list[dict]) -> None:
+    """metrics.jsonl, heldout.jsonl, compute.json, then annotations.jsonl (last: its presence means done)."""
     write_jsonl(out / "metrics.jsonl", history)
     write_jsonl(out / "heldout.jsonl", curve)
-    compute = {**step.compute, "wall_s": round(time.monotonic() - start, 2), "demos": len(demos),
-               "updates": len(batches), "rl_demos": len(rl), "rl_fraction_of_demos": round(len(rl) / len(demos), 4),
-               "heldout_demos": len(heldout), **provenance(cfg.seed, demos=cfg.demos)}
     atomic_write_text(out / "compute.json", json.dumps(compute, indent=2) + "\n")
-    records = [rec for _, rec in sorted(records, key=lambda x: x[0])]
     for rec in sorted(records, key=lambda r: -r["reward"])[:2]:
         logger.info("annotated example %s (reward %+.2f):\n%s%s", rec["task_id"], rec["reward"], rec["prompt"],
                     rec["completion"])
-    return write_jsonl(out / "annotations.jsonl", records)
+    write_jsonl(out / "annotations.jsonl", records)
