@@ -527,3 +527,28 @@ def test_no_cgroups_left_behind(monkeypatch):
     run_jobs([Job("x = 1", ScriptTest("assert x == 1"), limits=FAST)] * 4, workers=2)
     script("while True:\n    pass", limits=Limits(timeout=0.5))
     assert len(made) == 4 and [p for p in made if p.exists()] == []
+
+
+def test_limits_only_shared_memory_is_removed_between_jobs(monkeypatch):
+    """SysV IPC objects and /dev/shm files a job makes outside a namespace are removed before the next job."""
+    limits_only_python(monkeypatch)
+    monkeypatch.setattr(sandbox, "_bwrap_works", lambda: False)
+    monkeypatch.setattr(sandbox, "_warn_limits_only", lambda: None)
+    make = Job(textwrap.dedent("""
+        import ctypes, os
+        libc = ctypes.CDLL(None)
+        made = [libc.shmget(0, 4096, 0o1600), libc.semget(0, 1, 0o1600), libc.msgget(0, 0o1600)]
+        open(f'/dev/shm/ra3-test-{os.getpid()}', 'w').write('x')
+    """), ScriptTest("assert min(made) >= 0, made"), limits=FAST)
+    look = Job(textwrap.dedent("""
+        import os
+        uid = os.getuid()
+        mine = []
+        for kind in ('shm', 'sem', 'msg'):
+            header, *rows = [line.split() for line in open(f'/proc/sysvipc/{kind}')]
+            mine += [(kind, row[1]) for row in rows if int(row[header.index('uid')]) == uid]
+        mine += [name for name in os.listdir('/dev/shm') if os.stat(f'/dev/shm/{name}').st_uid == uid
+                 and name.startswith('ra3-test-')]
+    """), ScriptTest("assert mine == [], mine"), limits=FAST)
+    verdicts = run_jobs([make, look, make, look], workers=1)
+    assert [v.status for v in verdicts] == ["pass"] * 4, verdicts
