@@ -197,7 +197,8 @@ class EStep:
         text_logp, text_logq = torch.zeros(n), torch.zeros(n)
         if annotated:
             scores = score(self.scorer, self.enc, [seqs[i] for i in annotated], self.cfg.estep_batch_size)
-            line_logp[annotated] = scores.line_logp[:, :width]
+            scored = scores.line_logp  # (A, T_A), T_A <= width: the longest annotated demo
+            line_logp[annotated] = torch.nn.functional.pad(scored, (0, width - scored.shape[1]))
             counts["tokens_forward"] += sum(len(seqs[i].ids) for i in annotated)
         for i, ref in zip(annotated, scores.rationale_logp if annotated else [], strict=True):
             for t, r in annotations[i].rationales.items():
