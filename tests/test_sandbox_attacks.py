@@ -25,7 +25,7 @@ from collections.abc import Callable
 import pytest
 from test_sandbox import _leftover_processes, limits_only_python
 
-from ra3 import sandbox, sandbox_worker
+from ra3 import sandbox, sandbox_wire, sandbox_worker
 from ra3.benchmarks.contests import _lcb_problem
 from ra3.benchmarks.evalplus import oracle_source
 from ra3.sandbox import FunctionalTest, Job, Limits, ScriptTest, StdioTest, run_jobs
@@ -326,3 +326,15 @@ def test_a_writer_other_than_the_judge_makes_the_verdict_fail():
         judge.wait()
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize("frames, why", [
+    ([("verdict", "n" * 32, 1, 1, "pass", ""), ("verdict", "n" * 32, 1, 1, "pass", "")], "more than one verdict"),
+    ([("verdict", "x" * 32, 1, 1, "pass", "")], "another job"),
+])
+def test_a_verdict_is_accepted_once_and_for_its_own_job(frames, why):
+    outcome = sandbox_worker.Outcome(())
+    outcome.channel.extend(b"".join(sandbox_wire.frame(f) for f in frames))
+    sandbox_worker.Worker()._frames(outcome, "n" * 32)
+    verdict, _ = sandbox._verdict(outcome, "judge-process/functional", 0.0)
+    assert verdict.status == "fail" and why in verdict.detail
