@@ -252,6 +252,8 @@ def test_no_attack_passes_and_the_correct_program_does(mode, isolation):
     assert verdicts[0].passed and verdicts[-1].passed, (verdicts[0], verdicts[-1])
     for name, verdict in zip(ATTACKS, verdicts[1:-1], strict=True):
         assert verdict.status != "pass", (name, verdict)
+        if name in ("rebind-builtins", "lying-eq"):  # the wrong answer reached the judge, which rejected it
+            assert verdict.status == "fail", (name, verdict)
         assert verdict.judge.startswith("judge-process/"), verdict
     assert verdicts[0].isolation[0] == ("bwrap" if isolation == "namespaced" else "limits-only")
 

@@ -20,7 +20,9 @@ UID (limits-only mode, started as root): before the first job we drop to that un
 with no supplementary groups, an empty capability bounding set and no_new_privs; we refuse to serve if
 any of it did not take.
 
-Standard library only, and no import of `ra3`: this file runs under `python -s` with a scrubbed
+Builtins are bound as this module's globals at import, so a program that rebinds them in `builtins`
+does not change how its answers are sent (what it sends is its own business). Standard library only,
+and no import of `ra3`: this file runs under `python -s` with a scrubbed
 environment (not `-I`: it would ignore PYTHONHASHSEED). `random` and `tempfile` are never imported here
 (a child would inherit the server's random state instead of seeding its own).
 """
@@ -36,6 +38,31 @@ import signal
 import socket
 import sys
 import time
+from builtins import (  # noqa: UP029 - bound at import: see the docstring
+    BaseException,
+    Ellipsis,
+    KeyError,
+    NameError,
+    RecursionError,
+    ValueError,
+    bytes,
+    complex,
+    dict,
+    float,
+    frozenset,
+    getattr,
+    int,
+    isinstance,
+    len,
+    list,
+    open,
+    repr,
+    set,
+    setattr,
+    str,
+    tuple,
+    type,
+)
 
 import sandbox_wire as wire  # the sibling module; sys.path[0] is this file's directory until `serve` pops it
 

@@ -20,9 +20,12 @@ send; the guarantee is only that the judge compares plain values with its own co
 from __future__ import annotations
 
 import marshal
+from builtins import bytes, complex, dict, float, frozenset, id, int, len, list, map, set, str, tuple, type  # noqa: UP029
 from collections.abc import Callable
 from typing import Any
 
+# The builtins above are bound here, at import: a program that rebinds `builtins.len` or `builtins.type`
+# in its own process does not change what its replies are made of.
 SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 MAX_DEPTH = 200
