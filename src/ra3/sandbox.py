@@ -62,6 +62,8 @@ What is not covered
 - A program's exceptions reach the test code as the built-in exception of the same name (others as
   `ProgramError`), with the message text only.
 - A job's memory is a copy of the program server's, which may hold earlier jobs' programs (never tests).
+  A stdio program runs as a child of its job's executor, which it can read (same uid, dumpable): that
+  holds the job's stdin cases, never the expected outputs.
   Kernel state that belongs to the user namespace rather than to a process or a file, such as keyrings,
   survives from one job to the next on the same worker.
 - Reads: the host filesystem is visible read-only (secrets readable by the invoking user stay readable).
