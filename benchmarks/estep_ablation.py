@@ -6,15 +6,16 @@
 Every arm starts from the shipped base on the embedded-default world and trains with the demo's budget
 (`demo.MIDTRAIN`, `demo.RA3`): the same demonstrations, M-step steps, batch and optimiser. Arms:
 - ntp: the baseline (one schedule over all demonstrations).
-- null: the RA3 pipeline with rationales switched off (no RL, c = 1e6: every kept trace is the raw code):
-  what the pipeline alone does (two shards, a learning-rate restart per M-step).
+- null: the RA3 pipeline with rationales switched off (every trace is the raw code): what the pipeline alone
+  does (two shards, a learning-rate restart per M-step).
 - oracle: the true plan at every step boundary (`# <idiom>: <detail>`), same M-step: what correct
   rationales can buy at this scale.
 - resample: no RL; G samples of the model per demonstration, one kept with probability ∝ its importance
   weight (the BoLT latent bootstrap, `estep.bootstrap = importance`).
 - ra3: the E-step as the demo runs it.
 Evaluation as the demo's: greedy pass@1 on 300 held-out tasks, pass@1/pass@4 at T = 0.8 on 80 × 4.
-A finished step is skipped, so a rerun resumes.
+A finished step is skipped, so a rerun resumes. The layout is `ra3 demo`'s, so `--out` may be a demo's run
+directory: its NTP and RA3 arms are then the demo's own (same configs), and only the others are trained.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from ra3 import demo, ntp, ra3, world
@@ -29,21 +31,25 @@ from ra3.files import atomic_write_text, read_records, write_jsonl
 from ra3.latents import split_demo
 from ra3.rationales import insert_rationales
 
-ARMS = {"ntp": {}, "null": {"switch_cost": 1e6, "rl_fraction": 0.0, "group_size": 1, "heldout_demos": 0},
-        "oracle": {}, "resample": {"rl_fraction": 0.0, "bootstrap": "importance"}, "ra3": {}}
+ARMS = {"ntp": {}, "null": {}, "oracle": {}, "resample": {"rl_fraction": 0.0, "bootstrap": "importance"}, "ra3": {}}
 
 
-def oracle_annotations(cfg: ra3.RA3Config, model: str, demos: Path, it_dir: Path, iteration: int) -> Path:
-    """The true plan as rationales: `# <idiom>: <detail>` before each step's first line."""
-    records = []
-    for r in read_records(demos, required=("prompt", "completion", "plan")):
-        d = split_demo(r["task_id"], r["prompt"], r["completion"], r["plan"])
-        texts = {p["start"]: f"{p['idiom']}: {p['detail']}" for p in r["plan"]}
-        records.append({"task_id": d.task_id, "prompt": d.prompt, "completion": insert_rationales(d.lines, texts),
-                        "reward": 0.0, "n_rationales": len(texts), "rationales": {str(t): s for t, s in texts.items()}})
-    out = it_dir / "estep"
-    atomic_write_text(out / "compute.json", json.dumps({"tokens_forward": 0, "wall_s": 0.0}) + "\n")
-    return write_jsonl(out / "annotations.jsonl", records)
+def fixed_annotations(texts_of: Callable[[dict], dict[int, str]]) -> ra3.Annotator:
+    """An E-step that writes given rationales ({line: text} per demonstration record) and learns nothing."""
+    def annotate(cfg: ra3.RA3Config, model: str, demos: Path, it_dir: Path, iteration: int) -> Path:
+        records = []
+        for r in read_records(demos, required=("prompt", "completion", "plan")):
+            d, texts = split_demo(r["task_id"], r["prompt"], r["completion"], r["plan"]), texts_of(r)
+            records.append({"task_id": d.task_id, "prompt": d.prompt, "completion": insert_rationales(d.lines, texts),
+                            "reward": 0.0, "n_rationales": len(texts),
+                            "rationales": {str(t): s for t, s in texts.items()}})
+        atomic_write_text(it_dir / "estep" / "compute.json", json.dumps({"tokens_forward": 0, "wall_s": 0.0}) + "\n")
+        return write_jsonl(it_dir / "estep" / "annotations.jsonl", records)
+    return annotate
+
+
+ANNOTATORS = {"null": fixed_annotations(lambda r: {}),  # the raw code: the pipeline without rationales
+              "oracle": fixed_annotations(lambda r: {p["start"]: f"{p['idiom']}: {p['detail']}" for p in r["plan"]})}
 
 
 def run_arm(out: Path, arm: str, seed: int, cfg: demo.DemoConfig, data: dict[str, str], base: str) -> None:
@@ -56,8 +62,7 @@ def run_arm(out: Path, arm: str, seed: int, cfg: demo.DemoConfig, data: dict[str
         mid = demo.section(ra3.RA3Config, {**cfg.midtrain, **cfg.ra3, **ARMS[arm]}, "ra3", model=base,
                            data=Path(data["demos"]), out_dir=d, seed=seed)
         done = d / "summary.json"
-        model = ra3.final_model_dir(mid) if done.is_file() else ra3.run(
-            mid, oracle_annotations if arm == "oracle" else ra3.rl_annotations)
+        model = ra3.final_model_dir(mid) if done.is_file() else ra3.run(mid, ANNOTATORS.get(arm, ra3.rl_annotations))
     for step in demo.eval_steps(cfg, out, arm, str(model), seed, data):
         if not step.output.exists():
             step.module.run(step.cfg)

@@ -152,7 +152,8 @@ def test_switch_cost_sets_how_many_rationales_and_rl_raises_the_reward(commentin
     runs = {}
     for cost in (0.0, 5.0):
         cfg = EStepConfig(model=str(model), demos=demos, out_dir=tmp_path / f"c{cost}", rl_fraction=1.0,
-                          heldout_demos=0, demos_per_update=8, max_demos=32, switch_cost=cost, temperature=1.0)
+                          heldout_demos=0, demos_per_update=8, max_demos=32, switch_cost=cost, temperature=1.0,
+                          estep_lr=1e-4)
         traces = [json.loads(line) for line in run_estep(cfg).read_text().splitlines()]
         rewards = [json.loads(line)["estep/reward"] for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
         runs[cost] = (sum(t["n_rationales"] for t in traces), rewards)

@@ -37,7 +37,7 @@ SHIPPED_BASE = Path(__file__).parent / "assets" / "base-2m"
 # The embedded default's budget (configs/demo.yaml repeats these; a test keeps them equal): ~15 min on 2 cores.
 PRETRAIN = {"max_steps": 786, "save_steps": 50}  # the shipped base's 6.4M tokens in one cosine schedule
 MIDTRAIN = {"max_steps": 60, "batch_size": 16, "max_length": 512, "lr": 1e-3, "save_steps": 20}
-RA3 = {"iterations": 2, "rl_fraction": 0.1, "demos_per_update": 8, "group_size": 4}
+RA3 = {"iterations": 2, "rl_fraction": 0.2, "demos_per_update": 16, "group_size": 4, "estep_lr": 5e-5}
 RLVR = {"max_steps": 30, "eval_every": 15, "max_eval_tasks": 100, "eval_n": 1, "save_steps": 15}  # lr 3e-5, 4x8
 
 

@@ -76,16 +76,17 @@ class EStepOptions:
 
     group_size: int = option(4, "G: annotations sampled per demonstration (the RL group and the bootstrap's "
                              "candidates)")
-    rl_fraction: float = option(0.1, "share of the demonstrations whose rollouts also train q (one update per "
+    rl_fraction: float = option(0.2, "share of the demonstrations whose rollouts also train q (one update per "
                                 "demos_per_update of them); the rest are annotated by the final q")
-    demos_per_update: int = option(8, "B: demonstrations per policy-gradient update")
-    heldout_demos: int = option(16, "fixed, seeded demonstrations never trained on, on which the E-step "
+    demos_per_update: int = option(16, "B: demonstrations per policy-gradient update")
+    heldout_demos: int = option(32, "fixed, seeded demonstrations never trained on, on which the E-step "
                                 "objective is measured (0: none)")
     eval_every: int = option(5, "measure the held-out objective every N updates (and before the first, after "
                              "the last)")
     switch_cost: float = option(0.05, "c: nats charged per rationale (paper: 0.05; ablations 0.01, 0.2)")
     kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale text tokens")
-    estep_lr: float = option(1e-4, "learning rate of the latent policy q (AdamW)")
+    estep_lr: float = option(5e-5, "learning rate of the latent policy q (AdamW); at 1e-4 the held-out objective "
+                             "swung by a nat between measurements in the second EM iteration (BENCHMARKS.md)")
     clip_eps: float = option(0.2, "PPO/GRPO ratio clipping")
     ppo_epochs: int = option(1, "gradient steps per batch of rollouts")
     estep_max_grad_norm: float = option(1.0, "gradient clipping norm of q")
