@@ -2,6 +2,7 @@
 
     python benchmarks/estep_ablation.py run --out runs/ablation --seeds 0,1,2 --arms ntp,null,oracle,resample,ra3
     python benchmarks/estep_ablation.py table runs/ablation
+    python benchmarks/estep_ablation.py packing runs/ablation     # how often packing splits an example
 
 Every arm starts from the shipped base on the embedded-default world and trains with the demo's budget
 (`demo.MIDTRAIN`, `demo.RA3`): the same demonstrations, M-step steps, batch and optimiser. Arms:
@@ -127,6 +128,23 @@ def table(out: Path) -> None:
             print(f"\nNTP seed {s}: {json.loads(path.read_text())['wall_s']:.0f} s")
 
 
+def packing(out: Path, row: int = 512) -> None:
+    """Share of examples whose prompt and completion do not sit in one packed row, for NTP's demonstrations
+    and RA3's traces of seed 0: TRL's `wrapped` packing concatenates the tokenised examples in order and
+    cuts rows of `row` tokens (this counts the same cut, with the base's tokenizer)."""
+    from ra3.models import encode, load_tokenizer
+
+    tok = load_tokenizer(out / "base" / "model")
+    shards = sorted((out / "seed0" / "ra3").glob("iter*/estep/annotations.jsonl"))
+    for name, paths in (("NTP demonstrations", [out / "world" / "demos.jsonl"]), ("RA3 traces (seed 0)", shards)):
+        pos = crossing = n = total = 0
+        for r in (rec for p in paths for rec in read_records(p, required=("prompt", "completion"))):
+            length = len(encode(tok, r["prompt"])) + len(encode(tok, r["completion"], False)) + 1  # + EOS
+            crossing += pos // row != (pos + length - 1) // row
+            pos, n, total = pos + length, n + 1, total + length
+        print(f"{name}: {n} examples, {total / n:.1f} tokens each, {crossing / n:.3f} cross a {row}-token row")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,8 +152,8 @@ def main() -> None:
     r.add_argument("--out", type=Path, default=Path("runs/ablation"))
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--arms", default=",".join(ARMS))
-    t = sub.add_parser("table")
-    t.add_argument("out", type=Path)
+    for name in ("table", "packing"):
+        sub.add_parser(name).add_argument("out", type=Path)
     args = parser.parse_args()
     if args.command == "run":
         arms = args.arms.split(",")
@@ -144,7 +162,7 @@ def main() -> None:
             parser.error(f"unknown arm {unknown[0]!r} (one of {', '.join(ARMS)})")
         run(args.out, [int(s) for s in args.seeds.split(",")], arms)
     else:
-        table(args.out)
+        {"table": table, "packing": packing}[args.command](args.out)
 
 
 if __name__ == "__main__":

@@ -287,31 +287,34 @@ def section_rlvr(run: Run, out: Path, convergence: tuple | None) -> list:
 
 
 def section_estep(run: Run, out: Path) -> list:
-    header, table = ["quantity"], {key: [] for key, _ in RATIONALE_STATS}
-    summaries = {s: run.ra3_summary(s) for s in run.seeds}
-    n_iter = max((len(v.get("iterations", [])) for v in summaries.values()), default=0)
-    for it in range(n_iter):
-        for which in ("first", "last"):
-            header.append(f"iter {it} {'start' if which == 'first' else 'end'}")
-            for key, _ in RATIONALE_STATS:
-                table[key].append(fmt([v["iterations"][it][f"estep_{which}"].get(key, float("nan"))
-                                       for v in summaries.values() if len(v.get("iterations", [])) > it], 2))
-    rows = [[label, *table[key]] for key, label in RATIONALE_STATS]
-    rows = [[label, *[fmt([v["iterations"][it][f"heldout_{which}"].get(key, float("nan"))
-                           for v in summaries.values() if len(v.get("iterations", [])) > it], 2)
-                      for it in range(n_iter) for which in ("first", "last")]]
-            for key, label in HELDOUT_STATS] + rows
-    kept = [["traces keeping a rationale (M-step data)",
-             *[cell for it in range(n_iter)
-               for cell in ("-", fmt([v["iterations"][it]["traces_with_rationales"] for v in summaries.values()
-                                      if len(v.get("iterations", [])) > it], 2))]]]
+    summaries = [v for v in (run.ra3_summary(s) for s in run.seeds) if v.get("iterations")]
+    n_iter = max((len(v["iterations"]) for v in summaries), default=0)
+
+    def cell(it: int, value) -> str:
+        """mean ± std over seeds of value(iteration summary) for EM iteration `it`."""
+        return fmt([value(v["iterations"][it]) for v in summaries if len(v["iterations"]) > it], 2)
+
+    def row(label: str, start, end) -> list[str]:
+        return [label, *[c for it in range(n_iter) for c in (start(it), end(it))]]
+
+    rows = [row(label, lambda it, k=key: cell(it, lambda s: s["heldout_first"].get(k, math.nan)),
+                lambda it, k=key: cell(it, lambda s: s["heldout_last"].get(k, math.nan)))
+            for key, label in HELDOUT_STATS]
+    rows += [row(label, lambda it, k=key: cell(it, lambda s: s["estep_first"].get(k, math.nan)),
+                 lambda it, k=key: cell(it, lambda s: s["estep_last"].get(k, math.nan)))
+             for key, label in RATIONALE_STATS]
+    rows += [row("share of the demonstrations whose rollouts trained q", lambda it: "-",
+                 lambda it: cell(it, lambda s: s["estep_compute"].get("rl_fraction_of_demos", math.nan))),
+             row("traces keeping a rationale (M-step data)", lambda it: "-",
+                 lambda it: cell(it, lambda s: s["traces_with_rationales"]))]
+    header = ["quantity", *[f"iter {it} {end}" for it in range(n_iter) for end in ("start", "end")]]
     return [("h2", "E-step: ELBO and rationales"),
             ("img", plot_estep(run, out / "estep.png"), "held-out E-step objective over updates"),
             ("p", "Per EM iteration, before the first and after the last update on the held-out demonstrations "
                   "(`heldout.jsonl`), then the first and last update's training batch (mean ± std over seeds); "
                   "'names the idiom': a rationale at a true idiom boundary contains the idiom's name; '... and its "
                   "detail': and agrees with the step's constant or comparison."),
-            ("table", header, rows + kept)]
+            ("table", header, rows)]
 
 
 def compute_row(stage: str, c: dict) -> list[str]:
