@@ -201,13 +201,13 @@ class EStep:
             scored = scores.line_logp  # (A, T_A), T_A <= width: the longest annotated demo
             line_logp[annotated] = torch.nn.functional.pad(scored, (0, width - scored.shape[1]))
             counts["tokens_forward"] += sum(len(seqs[i].ids) for i in annotated)
-        for i, ref in zip(annotated, scores.rationale_logp if annotated else [], strict=True):
-            for t, r in annotations[i].rationales.items():
-                logq = torch.tensor(r.logq[1:])  # the sampled text tokens (h is the decision)
-                logp = ref[t][:len(logq)]
-                writes[i, t], line_kl[i, t] = 1.0, kl_k3(logq, logp).sum()
-                text_logp[i] += logp.sum()
-                text_logq[i] += logq.sum()
+            for i, ref in zip(annotated, scores.rationale_logp, strict=True):
+                for t, r in annotations[i].rationales.items():
+                    logq = torch.tensor(r.logq[1:])  # the sampled text tokens (h is the decision)
+                    logp = ref[t][:len(logq)]
+                    writes[i, t], line_kl[i, t] = 1.0, kl_k3(logq, logp).sum()
+                    text_logp[i] += logp.sum()
+                    text_logq[i] += logq.sum()
         for k, v in counts.items():
             self.compute[k] += v
         gain = (line_logp - plain) * mask
