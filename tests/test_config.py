@@ -8,24 +8,21 @@ from pathlib import Path
 import pytest
 
 from ra3.cli import main
-from ra3.config import ConfigError, option, parse_config, save_config
+from ra3.config import Config, ConfigError, build_parser, option, parse_config, save_config
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(Config):
     """A stage config for the tests."""
 
     out_dir: Path = option(Path("runs/toy"), "where to write")
-    lr: float = option(3e-4, "learning rate")
-    steps: int = option(10, "optimiser steps")
+    lr: float = option(3e-4, "learning rate", above=0)
+    steps: int = option(10, "optimiser steps", at_least=1)
     bf16: bool = option(False, "train in bfloat16")
-    k: list[int] = option([1, 10], "pass@k values")
+    k: list[int] = option([1, 10], "pass@k values", at_least=1)
     method: str = option("ntp", "mid-training method", choices=("ntp", "ra3"))
-    seed: int | None = option(None, "random seed")
-
-    def __post_init__(self):
-        if self.steps <= 0:
-            raise ConfigError(f"steps must be positive, got {self.steps}")
+    seed: int | None = option(None, "random seed", at_least=0)
+    share: float = option(0.5, "a fraction", at_least=0, below=1)
 
 
 def test_defaults_yaml_and_flags_layer(tmp_path):
@@ -59,12 +56,27 @@ def test_misspelt_flag():
     (["--steps", "2.5"], r"steps: expected int"),
     (["--bf16", "maybe"], r"bf16: expected true/false"),
     (["--method", "sft"], r"method='sft' is not one of \['ntp', 'ra3'\]"),
-    (["--steps", "0"], r"steps must be positive"),
+    (["--steps", "0"], r"^command line: steps must be >= 1, got 0$"),
+    (["--lr", "0"], r"lr must be > 0, got 0.0"),
+    (["--k", "1,0"], r"k must be >= 1, got \[1, 0\]"),
+    (["--seed", "-1"], r"seed must be >= 0, got -1"),
+    (["--share", "1"], r"share must be >= 0 and < 1, got 1.0"),
 ])
 def test_bad_values_are_one_line_errors(argv, pattern):
     with pytest.raises(ConfigError, match=pattern) as err:
         parse_config(ToyConfig, argv)
     assert "\n" not in str(err.value)
+
+
+def test_bounds_hold_however_the_config_is_built():
+    """Bounds are checked on construction (stages build each other's configs directly), an unset optional
+    field passes them, and --help states them."""
+    with pytest.raises(ConfigError, match="steps must be >= 1, got 0"):
+        ToyConfig(steps=0)
+    assert ToyConfig(seed=None, share=0.0).share == 0.0
+    assert "(>= 0 and < 1)" in build_parser(ToyConfig, "toy").format_help()
+    with pytest.raises(TypeError, match="unknown bound 'minimum'"):
+        option(1, "x", minimum=0)
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

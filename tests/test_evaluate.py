@@ -87,4 +87,4 @@ def test_config_errors(tmp_path, capsys):
     assert main(["evaluate", "--benchmark", "humanevl", "--samples", "x.jsonl"]) == 2
     assert "is not one of" in capsys.readouterr().err
     assert main(["evaluate", "--samples", "x.jsonl", "--k", "0"]) == 2
-    assert "k: every value must be >= 1" in capsys.readouterr().err
+    assert "k must be >= 1, got [0]" in capsys.readouterr().err

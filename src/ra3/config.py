@@ -31,12 +31,42 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the source, the field and the fix."""
 
 
-def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
-    """A dataclass field with its help string (and optional closed set of values) beside it."""
-    meta = {"help": help, "choices": choices}
+# The bounds a numeric field may declare, and how an error states each.
+BOUNDS = {"at_least": ">=", "above": ">", "at_most": "<=", "below": "<"}
+_HOLDS = {">=": lambda v, b: v >= b, ">": lambda v, b: v > b, "<=": lambda v, b: v <= b, "<": lambda v, b: v < b}
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, **bounds: float) -> Any:
+    """A dataclass field with its help string beside it, and optionally its closed set of values or its
+    numeric bounds (`at_least`, `above`, `at_most`, `below`; a list field bounds each item), which
+    `Config.__post_init__` checks however the config is built."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"option: unknown bound {sorted(unknown)[0]!r} (one of {list(BOUNDS)})")
+    meta = {"help": help, "choices": choices, "bounds": {BOUNDS[k]: v for k, v in bounds.items()}}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def check_bounds(cfg: Any) -> None:
+    """Raise ConfigError naming the first field whose value (or list item) breaks a bound it declared;
+    None (an optional field left unset) is within every bound."""
+    for fld in dataclasses.fields(cfg):
+        bounds, value = fld.metadata.get("bounds"), getattr(cfg, fld.name)
+        items = value if isinstance(value, list) else [value]
+        for op, bound in (bounds or {}).items():
+            if any(v is not None and not _HOLDS[op](v, bound) for v in items):
+                rule = " and ".join(f"{o} {b}" for o, b in bounds.items())
+                raise ConfigError(f"{fld.name} must be {rule}, got {value}")
+
+
+class Config:
+    """Base of every stage config: construction checks the bounds its fields declare. A subclass with
+    rules between fields extends `__post_init__` and calls `super().__post_init__()` first."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -125,6 +155,8 @@ def build_parser(cls: type, prog: str, description: str = "") -> argparse.Argume
         help_text = fld.metadata.get("help", "")
         if fld.metadata.get("choices"):
             help_text += f" (one of {list(fld.metadata['choices'])})"
+        if fld.metadata.get("bounds"):
+            help_text += f" ({' and '.join(f'{o} {b}' for o, b in fld.metadata['bounds'].items())})"
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
                             help=help_text + f" [{getattr(tp, '__name__', tp)}, default: {default}]")
     return parser

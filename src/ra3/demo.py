@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from ra3 import evaluate, generate, init_model, ntp, pretrain, ra3, report, rlvr, world
-from ra3.config import ConfigError, config_from_dict, config_to_dict, option, save_config
+from ra3.config import Config, ConfigError, config_from_dict, config_to_dict, option, save_config
 from ra3.files import HF_PREFIX, DataError, atomic_write_text, file_sha256, git_sha
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ RLVR = {"max_steps": 30, "eval_every": 15, "max_eval_tasks": 100, "eval_n": 1, "
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """The study: sections hold the stages' own config fields (as in their YAML files); the demo sets the
     fields that wire stages together (model, data, out_dir, seed) itself."""
 
@@ -61,23 +61,22 @@ class DemoConfig:
     midtrain: dict = option(MIDTRAIN, "fields shared by NTP and RA3's M-step (NTPConfig's)")
     ra3: dict = option(RA3, "RA3's own fields: iterations and the E-step's (RA3Config minus NTPConfig)")
     rlvr: dict = option(RLVR, "RLVRConfig fields")
-    eval_tasks: int = option(300, "held-out tasks per benchmark for greedy pass@1 (0: all)")
-    eval_sample_tasks: int = option(80, "held-out tasks per benchmark for sampled pass@k (0: all)")
-    eval_samples: int = option(4, "samples per task at eval_temperature (pass@k for k <= this)")
+    eval_tasks: int = option(300, "held-out tasks per benchmark for greedy pass@1 (0: all)", at_least=0)
+    eval_sample_tasks: int = option(80, "held-out tasks per benchmark for sampled pass@k (0: all)", at_least=0)
+    eval_samples: int = option(4, "samples per task at eval_temperature (pass@k for k <= this)", at_least=1)
     eval_temperature: float = option(0.8, "sampling temperature of pass@k")
     eval_max_tokens: int = option(256, "most tokens per evaluated completion (world programs: ~100)")
-    workers: int = option(0, "parallel sandbox runs (0: one per CPU core)")
+    workers: int = option(0, "parallel sandbox runs (0: one per CPU core)", at_least=0)
     accelerate_config: str = option("", "run training stages under `accelerate launch --config_file` (real "
                                      "scale; configs/accelerate/*.yaml)")
     dry_run: bool = option(False, "write every step's config, check the inputs, print the plan; train nothing")
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
         if self.from_scratch and self.base_model:
             raise ConfigError("from_scratch and base_model exclude each other")
-        if self.eval_samples < 1:
-            raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: {self.seeds} repeats a seed")
         unknown = [b for b in self.benchmarks if b not in evaluate.BENCHMARKS]

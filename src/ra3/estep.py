@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from ra3.config import ConfigError, option, save_config
+from ra3.config import Config, ConfigError, option, save_config
 from ra3.files import DataError, atomic_write_text, provenance, read_records, write_jsonl
 from ra3.latents import (
     Annotation,
@@ -71,50 +71,40 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EStepOptions:
+class EStepOptions(Config):
     """The E-step's own settings (shared by `ra3 estep` and `ra3 midtrain --method ra3`)."""
 
     group_size: int = option(4, "G: annotations sampled per demonstration (the RL group and the bootstrap's "
-                             "candidates)")
+                             "candidates)", at_least=1)
     rl_fraction: float = option(0.2, "share of the demonstrations whose rollouts also train q (one update per "
-                                "demos_per_update of them); the rest are annotated by the final q")
-    demos_per_update: int = option(16, "B: demonstrations per policy-gradient update")
+                                "demos_per_update of them); the rest are annotated by the final q", at_least=0, at_most=1)
+    demos_per_update: int = option(16, "B: demonstrations per policy-gradient update", at_least=1)
     heldout_demos: int = option(32, "fixed, seeded demonstrations never trained on, on which the E-step "
-                                "objective is measured (0: none)")
+                                "objective is measured (0: none)", at_least=0)
     eval_every: int = option(5, "measure the held-out objective every N updates (and before the first, after "
-                             "the last)")
-    switch_cost: float = option(0.05, "c: nats charged per rationale (paper: 0.05; ablations 0.01, 0.2)")
-    kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale text tokens")
+                             "the last)", at_least=1)
+    switch_cost: float = option(0.05, "c: nats charged per rationale (paper: 0.05; ablations 0.01, 0.2)", at_least=0)
+    kl_coef: float = option(0.05, "beta: weight of KL(q || p) on rationale text tokens", at_least=0)
     estep_lr: float = option(5e-5, "learning rate of the latent policy q (AdamW); at 1e-4 the held-out objective "
                              "swung by a nat between measurements in the second EM iteration (BENCHMARKS.md)")
     clip_eps: float = option(0.2, "PPO/GRPO ratio clipping")
-    ppo_epochs: int = option(1, "gradient steps per batch of rollouts")
+    ppo_epochs: int = option(1, "gradient steps per batch of rollouts", at_least=1)
     estep_max_grad_norm: float = option(1.0, "gradient clipping norm of q")
-    temperature: float = option(0.5, "T of q's rationale text (> 0); 0.5 wrote the right idiom more often "
-                                "than 0.7 on the embedded default (BENCHMARKS.md)")
-    decision_temperature: float = option(1.0, "T of q's write/CONTINUE decision (> 0)")
-    rationale_max_tokens: int = option(12, "longest rationale, in tokens")
+    temperature: float = option(0.5, "T of q's rationale text; 0.5 wrote the right idiom more often "
+                                "than 0.7 on the embedded default (BENCHMARKS.md)", above=0)
+    decision_temperature: float = option(1.0, "T of q's write/CONTINUE decision", above=0)
+    rationale_max_tokens: int = option(12, "longest rationale, in tokens", at_least=1)
     include_empty: bool = option(True, "the no-rationale annotation joins each group's baseline and the bootstrap")
     bootstrap: str = option("best", "M-step trace per demonstration: the best of the G samples (and the empty "
                             "annotation) by R(z), one drawn in proportion to its importance weight (BoLT), or "
                             "the first sample", choices=("best", "importance", "sample"))
     max_demos: int = option(0, "use at most this many demonstrations (0 = all)")
-    estep_batch_size: int = option(32, "sequences per E-step forward pass")
+    estep_batch_size: int = option(32, "sequences per E-step forward pass", at_least=1)
 
     def __post_init__(self):
-        for name in ("group_size", "demos_per_update", "ppo_epochs", "rationale_max_tokens", "estep_batch_size",
-                     "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        super().__post_init__()
         if self.group_size < 2 and not self.include_empty:
             raise ConfigError("group_size 1 needs include_empty: the baseline of an annotation is the others'")
-        if not 0 <= self.rl_fraction <= 1:
-            raise ConfigError(f"rl_fraction must be in [0, 1], got {self.rl_fraction}")
-        if min(self.switch_cost, self.kl_coef, self.heldout_demos) < 0:
-            raise ConfigError("switch_cost, kl_coef and heldout_demos must be >= 0")
-        if min(self.temperature, self.decision_temperature) <= 0:
-            raise ConfigError("temperature and decision_temperature must be > 0: the policy gradient needs a "
-                              "stochastic policy")
 
 
 @dataclass

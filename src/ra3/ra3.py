@@ -37,15 +37,14 @@ class RA3Config(estep.EStepOptions, ntp.NTPConfig):
     The M-step's fields are NTP's (`max_steps` counts M-step steps over all iterations); the E-step's are
     `estep.EStepOptions` (its learning rate, clipping and batch carry an `estep_` prefix)."""
 
-    iterations: int = option(2, "EM iterations (method.md: 2-3)")
+    iterations: int = option(2, "EM iterations (method.md: 2-3)", at_least=1)
     shard_demos: bool = option(True, "iteration i annotates and trains on its own disjoint 1/iterations "
                                "of the demonstrations (false: every iteration annotates all of them)")
 
     def __post_init__(self):
-        ntp.NTPConfig.__post_init__(self)
-        estep.EStepOptions.__post_init__(self)
-        if self.iterations < 1 or self.max_steps < self.iterations:
-            raise ConfigError(f"need 1 <= iterations <= max_steps, got {self.iterations} and {self.max_steps}")
+        super().__post_init__()  # EStepOptions', then NTPConfig's (the MRO)
+        if self.max_steps < self.iterations:
+            raise ConfigError(f"need iterations <= max_steps, got {self.iterations} and {self.max_steps}")
 
 
 def _estep_config(cfg: RA3Config, model: str, demos: Path, out_dir: Path, iteration: int) -> estep.EStepConfig:

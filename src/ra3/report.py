@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ra3.config import option
+from ra3.config import Config, option
 from ra3.files import DataError, atomic_write_text, read_jsonl
 
 ARMS = ("base", "ntp", "ra3", "ntp+rlvr", "ra3+rlvr")
@@ -37,7 +37,7 @@ RATIONALE_STATS = (("estep/reward", "E-step objective R(z) of the batch (nats)")
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(Config):
     """Which demo run to report on."""
 
     run_dir: Path = option(Path("runs/demo"), "a `ra3 demo` output directory")

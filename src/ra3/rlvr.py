@@ -70,7 +70,7 @@ from ra3.benchmarks import (
     load_mbpp_sanitized,
     load_problems,
 )
-from ra3.config import ConfigError, option, save_config
+from ra3.config import Config, ConfigError, option, save_config
 from ra3.files import DataError, atomic_write_text, iter_jsonl, provenance, read_jsonl, write_jsonl
 from ra3.models import encodes_line_by_line, load_pretrained, save_pretrained
 from ra3.passk import count_passes, pass_at_k_table
@@ -89,7 +89,7 @@ FILTER_FIELDS = ("task_id", "samples", "passes", "kept")
 
 
 @dataclass
-class RLVRConfig:
+class RLVRConfig(Config):
     """RLVR: GRPO with the sandboxed verifier's verdict as the reward."""
 
     model: str = option("", "policy to start from: an HF model directory (NTP, RA3 or base checkpoint)")
@@ -100,33 +100,33 @@ class RLVRConfig:
                              "`tasks`; disjoint from them)")
     out_dir: Path = option(Path("runs/rlvr"), "output directory (model, checkpoints, curves, logs)")
     seed: int = option(0, "random seed (task order, sampling)")
-    max_steps: int = option(100, "optimiser steps")
-    num_generations: int = option(8, "G: completions sampled per task (the GRPO group)")
+    max_steps: int = option(100, "optimiser steps", at_least=1)
+    num_generations: int = option(8, "G: completions sampled per task (the GRPO group)", at_least=2)
     batch_size: int = option(32, "completions per device per micro-step (batch_size * grad_accum must be a "
-                             "multiple of num_generations)")
-    grad_accum: int = option(1, "micro-steps per optimiser step")
+                             "multiple of num_generations)", at_least=1)
+    grad_accum: int = option(1, "micro-steps per optimiser step", at_least=1)
     lr: float = option(3e-5, "learning rate (AdamW, constant); set for the 2M-parameter CPU models (1e-4 "
                        "lost half the held-out pass@1 in 30 steps; BENCHMARKS.md); 1B+ models want ~1e-6")
-    beta: float = option(0.0, "KL coefficient to the starting policy (0: no reference model)")
+    beta: float = option(0.0, "KL coefficient to the starting policy (0: no reference model)", at_least=0)
     epsilon: float = option(0.2, "clipping range of the importance ratio")
     loss_type: str = option("dapo", "TRL loss aggregation", choices=("grpo", "dapo", "dr_grpo", "bnpo"))
     scale_rewards: str = option("group", "advantage scaling: group std, batch std or none",
                                 choices=("group", "batch", "none"))
-    temperature: float = option(1.0, "sampling temperature of the RL rollouts")
-    max_completion_length: int = option(256, "longest completion, in tokens")
+    temperature: float = option(1.0, "sampling temperature of the RL rollouts", above=0)
+    max_completion_length: int = option(256, "longest completion, in tokens", at_least=1)
     partial_credit: bool = option(False, "reward = fraction of test cases passed instead of all-or-nothing")
     eval_every: int = option(10, "evaluate on eval_tasks every N steps, and at the start and the end (0: only "
-                             "then)")
-    eval_n: int = option(4, "samples per eval task for sampled pass@1")
-    eval_temperature: float = option(0.8, "temperature of the sampled pass@1")
+                             "then)", at_least=0)
+    eval_n: int = option(4, "samples per eval task for sampled pass@1", at_least=1)
+    eval_temperature: float = option(0.8, "temperature of the sampled pass@1", above=0)
     filter_samples: int = option(0, "before training, sample this many completions per RL task from the "
                                  "starting policy and keep only tasks it solves sometimes but not always (a "
-                                 "group whose rewards are all equal has no GRPO gradient); 0: keep every task")
+                                 "group whose rewards are all equal has no GRPO gradient); 0: keep every task", at_least=0)
     max_tasks: int = option(0, "use at most this many RL tasks (0: all)")
     max_eval_tasks: int = option(0, "use at most this many eval tasks (0: all)")
-    workers: int = option(0, "parallel sandbox runs (0: one per CPU core)")
-    save_steps: int = option(25, "checkpoint every N optimiser steps")
-    logging_steps: int = option(1, "log scalars every N optimiser steps")
+    workers: int = option(0, "parallel sandbox runs (0: one per CPU core)", at_least=0)
+    save_steps: int = option(25, "checkpoint every N optimiser steps", at_least=1)
+    logging_steps: int = option(1, "log scalars every N optimiser steps", at_least=1)
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     bf16: bool = option(False, "train in bfloat16 mixed precision")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (large models)")
@@ -136,25 +136,13 @@ class RLVRConfig:
     vllm_gpu_memory_utilization: float = option(0.3, "GPU memory share of colocated vLLM")
 
     def __post_init__(self):
-        for name in ("max_steps", "num_generations", "batch_size", "grad_accum", "max_completion_length",
-                     "eval_n", "save_steps", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_generations < 2:
-            raise ConfigError(f"num_generations must be >= 2 (a group of one has no baseline), "
-                              f"got {self.num_generations}")
+        super().__post_init__()
         if (self.batch_size * self.grad_accum) % self.num_generations:
             raise ConfigError(f"batch_size * grad_accum = {self.batch_size * self.grad_accum} must be a "
                               f"multiple of num_generations = {self.num_generations}")
         if self.filter_samples == 1:
             raise ConfigError("filter_samples must be 0 (no filter) or >= 2 (one sample cannot be both a "
                               "pass and a fail)")
-        for name in ("eval_every", "workers", "beta", "filter_samples"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0 or self.eval_temperature <= 0:
-            raise ConfigError(f"temperature and eval_temperature must be > 0 (greedy pass@1 is always "
-                              f"reported), got {self.temperature}, {self.eval_temperature}")
 
 
 # --------------------------------------------------------------------------------------------- tasks

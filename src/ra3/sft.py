@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from ra3.config import ConfigError, option
+from ra3.config import Config, option
 from ra3.files import atomic_write_text, provenance
 from ra3.models import load_pretrained, publish_model_dir
 
@@ -39,31 +39,24 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Optimisation fields shared by every next-token-prediction stage (pretrain, ntp, the M-step)."""
 
     model: str = option("", "input model: a local HF model directory or a hub id")
     out_dir: Path = option(Path("runs/train"), "output directory (model, checkpoints, logs)")
     seed: int = option(0, "random seed (data order, dropout)")
-    max_steps: int = option(200, "optimiser steps")
-    batch_size: int = option(16, "sequences per device per micro-step")
-    grad_accum: int = option(1, "micro-steps per optimiser step")
+    max_steps: int = option(200, "optimiser steps", at_least=1)
+    batch_size: int = option(16, "sequences per device per micro-step", at_least=1)
+    grad_accum: int = option(1, "micro-steps per optimiser step", at_least=1)
     lr: float = option(1e-3, "peak learning rate")
-    warmup_ratio: float = option(0.05, "fraction of steps of linear warmup before the cosine decay")
+    warmup_ratio: float = option(0.05, "fraction of steps of linear warmup before the cosine decay", at_least=0, below=1)
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
-    max_length: int = option(512, "tokens per (packed) sequence")
+    max_length: int = option(512, "tokens per (packed) sequence", at_least=1)
     packing: bool = option(True, "pack several examples into each sequence")
     bf16: bool = option(False, "train in bfloat16 mixed precision")
-    save_steps: int = option(50, "checkpoint every N optimiser steps")
-    logging_steps: int = option(10, "log scalars every N optimiser steps")
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+    save_steps: int = option(50, "checkpoint every N optimiser steps", at_least=1)
+    logging_steps: int = option(10, "log scalars every N optimiser steps", at_least=1)
 
 
 def _is_complete(checkpoint: Path) -> bool:
