@@ -44,7 +44,7 @@ def test_packaged_files_load_without_ra3_data_dir(no_override):
         assert len(read_jsonl(path, required=("task_id", "prompt", "canonical_solution"))) == FILES[name]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no offline data folder at {SHARED_DATA} to compare with")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no offline data folder at {SHARED_DATA} to compare")
 def test_packaged_files_are_the_shared_folders_bytes():
     for name in [*FILES, SUMS_FILE]:
         assert (PACKAGED_DATA_DIR / name).read_bytes() == (SHARED_DATA / name).read_bytes(), name
