@@ -93,3 +93,15 @@ def test_cli_reports_errors_without_traceback(capsys):
     err = capsys.readouterr().err
     assert "unknown flag 'benchmrk'" in err and "Traceback" not in err
     assert main(["no-such-stage"]) == 2
+
+
+def test_midtrain_help_names_the_method_and_its_fields(capsys):
+    for method, own_field, other in (("ra3", "--iterations", "ntp"), ("ntp", "--data", "ra3")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["midtrain", "--method", method, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert exit_.value.code == 0 and f"ra3 midtrain --method {method}" in out and own_field in out
+        assert f"ra3 midtrain --method {other} --help" in out
+    with pytest.raises(SystemExit):
+        main(["midtrain", "--help"])  # no method: NTP's, the default
+    assert "--iterations" not in capsys.readouterr().out

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from ra3.benchmarks import MBPP_SPLITS, load_humaneval, mbpp_prompt
+from ra3.benchmarks.problem import data_file
 from ra3.config import ConfigError, parse_config, save_config
-from ra3.corpus import BENCHMARKS, BenchmarkIndex, CorpusConfig, benchmark_file, run
+from ra3.corpus import BENCHMARKS, BenchmarkIndex, CorpusConfig, run
 from ra3.files import read_jsonl
 
 TQ = '"""'
@@ -192,8 +193,7 @@ def test_tree_counts_and_records(tree, tmp_path):
     for d in demos:
         assert d["source"] == "tree" and d["completion"].endswith("\n") and d["prompt"].endswith("\n")
         compile(d["prompt"] + d["completion"], d["task_id"], "exec")
-    assert set(summary["provenance"]["data_sha256"]) == {"demos", "mbpp", "mbpp_sanitized", "humaneval_plus",
-                                                         "mbpp_plus"}
+    assert set(summary["provenance"]["data_sha256"]) == {"demos", *BENCHMARKS}
 
 
 def test_rerun_keeps_a_finished_corpus_and_rebuilds_a_changed_one(tree, tmp_path):
@@ -238,10 +238,10 @@ def test_stdlib_package_round_trips_through_the_demo_loaders(tmp_path):
 @pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")  # MBPP's own regex strings
 def test_mbpp_source_never_holds_an_evaluation_task(tmp_path):
     out = run(CorpusConfig(out_dir=tmp_path / "m", sources=[], mbpp=True))
-    held = {int(r["task_id"].split("/")[1]) for r in read_jsonl(benchmark_file("mbpp_plus"))}
-    held |= {r["task_id"] for r in json.loads(benchmark_file("mbpp_sanitized").read_text())}
+    held = {int(r["task_id"].split("/")[1]) for r in read_jsonl(data_file("mbpp_plus"))}
+    held |= {r["task_id"] for r in json.loads(data_file("mbpp_sanitized").read_text())}
     allowed = [(lo, hi) for split, (lo, hi) in MBPP_SPLITS.items() if split != "test"]
-    mbpp = {r["task_id"]: r for r in read_jsonl(benchmark_file("mbpp"))}
+    mbpp = {r["task_id"]: r for r in read_jsonl(data_file("mbpp"))}
     demos = read_jsonl(out / "demos.jsonl")
     assert len(demos) > 200
     for d in demos:

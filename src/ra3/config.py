@@ -162,9 +162,9 @@ def build_parser(cls: type, prog: str, description: str = "") -> argparse.Argume
     return parser
 
 
-def parse_config(cls: type[T], argv: list[str], prog: str = "ra3") -> T:
+def parse_config(cls: type[T], argv: list[str], prog: str = "ra3", description: str = "") -> T:
     """Defaults < `--config f.yaml` < `--field value` flags. Unknown flags or keys raise ConfigError."""
-    parser = build_parser(cls, prog)
+    parser = build_parser(cls, prog, description)
     ns, rest = parser.parse_known_args(argv)
     if rest:
         flag = rest[0].lstrip("-").split("=")[0].replace("-", "_")

@@ -27,15 +27,14 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+from ra3.benchmarks.classic import load_humaneval, mbpp_evaluation_ids, mbpp_prompt
+from ra3.benchmarks.problem import MBPP_SPLITS, data_file
 from ra3.config import Config, ConfigError, config_to_dict, option
 from ra3.files import DataError, atomic_write_text, file_sha256, iter_jsonl, provenance, write_jsonl
 
 logger = logging.getLogger(__name__)
 
 BENCHMARKS = ("humaneval", "humaneval_plus", "mbpp", "mbpp_sanitized", "mbpp_plus")
-DATA_FILES = {"mbpp": "mbpp/mbpp.jsonl", "mbpp_sanitized": "mbpp/sanitized-mbpp.json",
-              "humaneval_plus": "evalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
-              "mbpp_plus": "evalplus/MbppPlus-v0.2.0.jsonl.gz"}
 MAX_FILE_BYTES = 2 << 20  # larger .py files are generated tables, not expert code
 _BAD_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")  # C0 but tab/newline, DEL, splitlines breaks
 # latents.Encoder probes each line with the comment "<indent># x": a code comment starting so cannot be told apart
@@ -219,20 +218,9 @@ def extract_source(source: Source, cfg: CorpusConfig) -> tuple[list[dict], Count
     return out, counts
 
 
-def benchmark_file(name: str) -> Path:
-    """A benchmark's data file under `default_data_dir()`, checked against its SHA256SUMS (DataError if absent)."""
-    from ra3.benchmarks.problem import WHERE, default_data_dir, verify_data_file
-
-    root = default_data_dir()
-    path = root / DATA_FILES[name]
-    if not path.is_file():
-        raise DataError(f"{name}: data file not found: {path} (get it from {WHERE[name]}; set RA3_DATA_DIR)")
-    return verify_data_file(path.resolve(), root.resolve())
-
-
 def _mbpp_records(name: str) -> list[dict]:
     """Raw records of full MBPP (all ids) or sanitized MBPP, each with 'task_id', 'text', 'code', 'test_list'."""
-    path = benchmark_file(name)
+    path = data_file(name)
     if name == "mbpp":
         return list(iter_jsonl(path, ("task_id", "text", "code", "test_list")))
     try:
@@ -244,13 +232,11 @@ def _mbpp_records(name: str) -> list[dict]:
 
 def benchmark_items(name: str) -> list[tuple[str, str]]:
     """(item id, text) of a benchmark's prompts, statements (MBPP) and reference solutions."""
-    from ra3.benchmarks import MBPP_SPLITS, load_humaneval, mbpp_prompt
-
     if name == "humaneval":
         return [(f"{p.task_id}:{k}", text) for p in load_humaneval()
                 for k, text in (("prompt", p.prompt), ("solution", p.metadata["canonical_solution"]))]
     if name in ("humaneval_plus", "mbpp_plus"):
-        records = iter_jsonl(benchmark_file(name), ("task_id", "prompt", "canonical_solution"))
+        records = iter_jsonl(data_file(name), ("task_id", "prompt", "canonical_solution"))
         return [(f"{r['task_id']}:{k}", r[f]) for r in records
                 for k, f in (("prompt", "prompt"), ("solution", "canonical_solution"))]
     lo, hi = MBPP_SPLITS["test"] if name == "mbpp" else (-math.inf, math.inf)
@@ -261,10 +247,7 @@ def benchmark_items(name: str) -> list[tuple[str, str]]:
 
 def mbpp_candidates(cfg: CorpusConfig, counts: Counter) -> list[dict]:
     """MBPP reference solutions of the prompt/validation/train ids, minus every id an evaluation set holds."""
-    from ra3.benchmarks import MBPP_SPLITS, mbpp_prompt
-
-    held = {int(r["task_id"].rsplit("/", 1)[-1]) for r in iter_jsonl(benchmark_file("mbpp_plus"), ("task_id",))}
-    held |= {r["task_id"] for r in _mbpp_records("mbpp_sanitized")}
+    held = mbpp_evaluation_ids()
     ranges = [MBPP_SPLITS[s] for s in ("prompt", "validation", "train")]  # never "test" (11-510)
     out = []
     for r in _mbpp_records("mbpp"):
@@ -392,7 +375,7 @@ def run(cfg: CorpusConfig) -> Path:
                "duplicates": duplicates, "contamination": contamination, "benchmark_items": index.stats,
                "max_demos_dropped": len(clean) - len(demos), "size": size, "wall_s": round(time.time() - start, 2),
                "provenance": provenance(cfg.seed, demos=out / "demos.jsonl",
-                                        **{k: benchmark_file(k) for k in DATA_FILES})}
+                                        **{k: data_file(k) for k in BENCHMARKS})}
     atomic_write_text(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
     logger.info("corpus: %d demonstrations (%d candidates, %d duplicates, %d contaminated) in %.1f s", len(demos),
                 len(candidates), sum(duplicates.values()), contamination["dropped"], summary["wall_s"])

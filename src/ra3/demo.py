@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from ra3 import evaluate, generate, init_model, ntp, pretrain, ra3, report, rlvr, world
+from ra3 import em, evaluate, generate, init_model, layout, ntp, pretrain, report, rlvr, world
+from ra3.benchmarks import rl_tasks
 from ra3.config import Config, ConfigError, config_from_dict, config_to_dict, option, save_config
 from ra3.files import HF_PREFIX, DataError, atomic_write_text, file_sha256, git_sha
 
@@ -113,102 +114,104 @@ def section(cls: type, values: dict, name: str, **wired: Any) -> Any:
 # A step's `output` is the file its stage writes last (a `compute.json`, a metrics file), so a step killed
 # between its writes is never taken for done.
 
-def data_steps(cfg: DemoConfig, out: Path) -> tuple[list[Step], dict[str, str], str]:
+def data_steps(cfg: DemoConfig, study: layout.Study) -> tuple[list[Step], dict[str, str], str]:
     """World (for the base model or any input that is the world's) and base model steps; returns them, the
     data paths and the base model every arm starts from."""
-    steps, world_dir = [], out / "world"
+    steps, world_dir = [], study.world
     uses_world = (not cfg.base_model or "world" in cfg.benchmarks
                   or not (cfg.demos and cfg.rl_tasks and cfg.rl_eval_tasks))
     if uses_world:
         steps.append(Step("world", ["world"], world, section(world.WorldConfig, cfg.world, "world",
-                                                             out_dir=world_dir), world_dir / "compute.json"))
-    data = {"demos": cfg.demos or str(world_dir / "demos.jsonl"),
-            "rl_tasks": cfg.rl_tasks or str(world_dir / "rl_tasks.jsonl"),
-            "rl_eval_tasks": cfg.rl_eval_tasks or str(world_dir / "eval_tasks.jsonl"),
+                                                             out_dir=world_dir), layout.compute_file(world_dir)))
+    data = {"demos": cfg.demos or str(layout.world_file(world_dir, "demos")),
+            "rl_tasks": cfg.rl_tasks or str(layout.world_file(world_dir, "rl")),
+            "rl_eval_tasks": cfg.rl_eval_tasks or str(layout.world_file(world_dir, "eval")),
             "world": str(world_dir)}
     if cfg.base_model:
         return steps, data, cfg.base_model
+    base_model = str(layout.model_dir(study.base))
     if not cfg.from_scratch:
-        return steps, data, str(out / "base" / "model")  # copied from the shipped checkpoint by `ship_base`
-    init = section(init_model.InitModelConfig, cfg.init_model, "init_model", out_dir=out / "init",
-                   corpus=[str(world_dir / "pretrain.jsonl")])
-    base = section(pretrain.PretrainConfig, cfg.pretrain, "pretrain", model=str(out / "init"),
-                   data=world_dir / "pretrain.jsonl", out_dir=out / "base")
-    steps += [Step("init-model", ["init-model"], init_model, init, out / "init" / "config.json"),
-              Step("pretrain", ["pretrain"], pretrain, base, out / "base" / "compute.json", trains=True)]
-    return steps, data, str(out / "base" / "model")
+        return steps, data, base_model  # copied from the shipped checkpoint by `ship_base`
+    corpus = layout.world_file(world_dir, "pretrain")
+    init = section(init_model.InitModelConfig, cfg.init_model, "init_model", out_dir=study.init,
+                   corpus=[str(corpus)])
+    base = section(pretrain.PretrainConfig, cfg.pretrain, "pretrain", model=str(study.init), data=corpus,
+                   out_dir=study.base)
+    steps += [Step("init-model", ["init-model"], init_model, init, study.init / "config.json"),
+              Step("pretrain", ["pretrain"], pretrain, base, layout.compute_file(study.base), trains=True)]
+    return steps, data, base_model
 
 
-def seed_steps(cfg: DemoConfig, out: Path, seed: int, data: dict[str, str],
+def seed_steps(cfg: DemoConfig, study: layout.Study, seed: int, data: dict[str, str],
                base: str) -> tuple[list[Step], dict[str, Path]]:
     """NTP and RA3 from the base, then RLVR from each, with this training seed; the steps and the model
     directory of each arm."""
-    d = out / f"seed{seed}"
+    ntp_dir, ra3_dir = study.arm_dir("ntp", seed), study.arm_dir("ra3", seed)
     ntp_cfg = section(ntp.NTPConfig, cfg.midtrain, "midtrain", model=base, data=Path(data["demos"]),
-                      out_dir=d / "ntp", seed=seed)
-    ra3_cfg = section(ra3.RA3Config, {**cfg.midtrain, **cfg.ra3}, "midtrain+ra3", model=base,
-                      data=Path(data["demos"]), out_dir=d / "ra3", seed=seed)
-    models = {"ntp": d / "ntp" / "model", "ra3": ra3.final_model_dir(ra3_cfg)}
-    steps = [Step(f"ntp s{seed}", ["midtrain", "--method", "ntp"], ntp, ntp_cfg, d / "ntp" / "compute.json",
+                      out_dir=ntp_dir, seed=seed)
+    ra3_cfg = section(em.RA3Config, {**cfg.midtrain, **cfg.ra3}, "midtrain+ra3", model=base,
+                      data=Path(data["demos"]), out_dir=ra3_dir, seed=seed)
+    models = {"ntp": layout.model_dir(ntp_dir), "ra3": layout.em_final_model(ra3_dir, ra3_cfg.iterations)}
+    steps = [Step(f"ntp s{seed}", ["midtrain", "--method", "ntp"], ntp, ntp_cfg, layout.compute_file(ntp_dir),
                   trains=True),
-             Step(f"ra3 s{seed}", ["midtrain", "--method", "ra3"], ra3, ra3_cfg, d / "ra3" / "summary.json",
+             Step(f"ra3 s{seed}", ["midtrain", "--method", "ra3"], em, ra3_cfg, layout.em_summary(ra3_dir),
                   trains=True)]
     for arm in ("ntp", "ra3"):
+        rl_dir = study.arm_dir(f"{arm}+rlvr", seed)
         rl_cfg = section(rlvr.RLVRConfig, cfg.rlvr, "rlvr", model=str(models[arm]), tasks=data["rl_tasks"],
-                         eval_tasks=data["rl_eval_tasks"], out_dir=d / f"rlvr-{arm}", seed=seed,
-                         workers=cfg.workers)
-        steps.append(Step(f"rlvr from {arm} s{seed}", ["rlvr"], rlvr, rl_cfg, d / f"rlvr-{arm}" / "compute.json",
+                         eval_tasks=data["rl_eval_tasks"], out_dir=rl_dir, seed=seed, workers=cfg.workers)
+        steps.append(Step(f"rlvr from {arm} s{seed}", ["rlvr"], rlvr, rl_cfg, layout.compute_file(rl_dir),
                           trains=True))
-        models[f"{arm}+rlvr"] = d / f"rlvr-{arm}" / "model"
+        models[f"{arm}+rlvr"] = layout.model_dir(rl_dir)
     return steps, models
 
 
-def eval_steps(cfg: DemoConfig, out: Path, arm: str, model: str, seed: int | None, data: dict[str, str]) -> list[Step]:
+def eval_steps(cfg: DemoConfig, study: layout.Study, arm: str, model: str, seed: int | None,
+               data: dict[str, str]) -> list[Step]:
     """Greedy pass@1 and sampled pass@k of one model on every benchmark: generate, then evaluate."""
-    steps, where = [], out / "eval" / (arm if seed is None else f"{arm}-s{seed}")
+    steps, name = [], study.eval_dir(arm, seed).name
     runs = (("greedy", 1, 0.0, cfg.eval_tasks, [1]),
             ("sampled", cfg.eval_samples, cfg.eval_temperature, cfg.eval_sample_tasks,
              sorted({1, cfg.eval_samples})))
     for bench in cfg.benchmarks:
         data_path = Path(data["world"]) if bench == "world" else None
         for mode, n, temperature, limit, k in runs:
-            samples = where / f"{bench}-{mode}.jsonl"
+            samples = study.samples(arm, seed, bench, mode)
             gen = generate.GenerateConfig(model=model, benchmark=bench, n=n, temperature=temperature,
                                           limit=limit, max_new_tokens=cfg.eval_max_tokens, out=samples,
                                           data_path=data_path, seed=seed or 0)
             ev = evaluate.EvaluateConfig(benchmark=bench, samples=samples, k=k, data_path=data_path,
                                          workers=cfg.workers or None)
-            steps += [Step(f"generate {where.name} {bench} {mode}", ["generate"], generate, gen,
-                           generate.sidecar(samples, "compute.json")),
-                      Step(f"evaluate {where.name} {bench} {mode}", ["evaluate"], evaluate, ev,
-                           samples.with_name(f"{samples.stem}_metrics.json"))]
+            steps += [Step(f"generate {name} {bench} {mode}", ["generate"], generate, gen,
+                           layout.samples_sidecar(samples, layout.COMPUTE)),
+                      Step(f"evaluate {name} {bench} {mode}", ["evaluate"], evaluate, ev, layout.metrics_file(samples))]
     return steps
 
 
 def plan(cfg: DemoConfig) -> tuple[list[Step], str]:
     """Every step of the study in run order, and the base model."""
-    out = Path(cfg.out_dir)
-    steps, data, base = data_steps(cfg, out)
-    steps += eval_steps(cfg, out, "base", base, None, data)
+    study = layout.Study(cfg.out_dir)
+    steps, data, base = data_steps(cfg, study)
+    steps += eval_steps(cfg, study, "base", base, None, data)
     for seed in cfg.seeds:
-        trained, models = seed_steps(cfg, out, seed, data, base)
+        trained, models = seed_steps(cfg, study, seed, data, base)
         steps += trained
         for arm, model in models.items():
-            steps += eval_steps(cfg, out, arm, str(model), seed, data)
+            steps += eval_steps(cfg, study, arm, str(model), seed, data)
     return steps, base
 
 
 # --------------------------------------------------------------------------- running it
 
-def ship_base(out: Path) -> None:
+def ship_base(study: layout.Study) -> None:
     """Copy the shipped base into the run, after checking it was trained on this very world: the world's
     pretraining corpus (what the base learnt) and demonstrations (what the arms learn) must be the ones in
     its MANIFEST.json; the task files may change format without retraining the base."""
-    target, done = out / "base" / "model", out / "base" / "compute.json"
+    target, done = layout.model_dir(study.base), layout.compute_file(study.base)
     if done.is_file():
         return
     manifest = json.loads((SHIPPED_BASE / "MANIFEST.json").read_text())
-    corpus = json.loads((out / "world" / "world.json").read_text())["provenance"]["data_sha256"]
+    corpus = json.loads(layout.world_record(study.world).read_text())["provenance"]["data_sha256"]
     for name, sha in manifest["corpus_sha256"].items():
         if corpus.get(name) != sha:
             raise ConfigError(f"the shipped base was trained on a world whose {name} corpus is {sha[:12]}, this "
@@ -239,9 +242,9 @@ def check_inputs(cfg: DemoConfig) -> None:
         raise DataError(f"demos: file not found: {cfg.demos} (a JSONL file or hf:NAME[:SPLIT])")
     for name in ("rl_tasks", "rl_eval_tasks"):
         value = getattr(cfg, name)
-        if value and value not in rlvr.TASK_SETS and not Path(value).is_file():
+        if value and value not in rl_tasks.TASK_SETS and not Path(value).is_file():
             raise DataError(f"{name}: file not found: {value} (a Problem JSONL file or one of "
-                            f"{', '.join(rlvr.TASK_SETS)})")
+                            f"{', '.join(rl_tasks.TASK_SETS)})")
     if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
         raise DataError(f"accelerate_config: file not found: {cfg.accelerate_config}")
 
@@ -276,17 +279,17 @@ def run_step(step: Step, cfg: DemoConfig, config_file: Path) -> float:
 
 def run(cfg: DemoConfig) -> Path:
     """Run (or resume) the study; returns report.md (a dry run: the configs directory)."""
-    out = Path(cfg.out_dir)
+    study = layout.Study(cfg.out_dir)
     steps, _ = plan(cfg)
     check_inputs(cfg)
-    configs = [write_step_config(step, out / "configs" / f"{step.name.replace(' ', '-')}.yaml") for step in steps]
+    configs = [write_step_config(step, study.step_config(step.name)) for step in steps]
     if cfg.dry_run:
         for step, config_file in zip(steps, configs, strict=True):
             print(" ".join(step.command(config_file, cfg.accelerate_config)))
-        return out / "configs"
-    save_config(cfg, out / "config.yaml")
-    atomic_write_text(out / "environment.json", json.dumps(environment(), indent=2) + "\n")
-    timings_path = out / "timings.json"
+        return study.configs
+    save_config(cfg, study.config)
+    atomic_write_text(study.environment, json.dumps(environment(), indent=2) + "\n")
+    timings_path = study.timings
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     for i, (step, config_file) in enumerate(zip(steps, configs, strict=True), 1):
         if step.output.exists():
@@ -296,5 +299,5 @@ def run(cfg: DemoConfig) -> Path:
             timings[step.name] = round(run_step(step, cfg, config_file), 2)
             atomic_write_text(timings_path, json.dumps(timings, indent=2) + "\n")
         if step.name == "world" and not cfg.from_scratch and not cfg.base_model:
-            ship_base(out)
-    return report.run(report.ReportConfig(run_dir=out))
+            ship_base(study)
+    return report.run(report.ReportConfig(run_dir=study.root))

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +44,11 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from ra3 import layout
 from ra3.config import Config, ConfigError, option, save_config
-from ra3.files import DataError, atomic_write_text, provenance, read_records, write_jsonl
+from ra3.demonstrations import read_demonstrations
+from ra3.estep_metrics import rollout_metrics
+from ra3.files import atomic_write_text, provenance, write_jsonl
 from ra3.latents import (
     Annotation,
     Encoder,
@@ -59,6 +61,7 @@ from ra3.latents import (
 )
 from ra3.models import load_pretrained
 from ra3.objectives import (
+    KEEP,
     boundary_advantages,
     importance_log_weight,
     kl_k3,
@@ -119,13 +122,9 @@ class EStepConfig(EStepOptions):
 
 
 def load_demos(path: Path, max_demos: int = 0) -> list:
-    """Demonstrations as `latents.Demo`s (errors name file and line)."""
-    records = read_records(path, required=("prompt", "completion"))
-    if not records:
-        raise DataError(f"{path}: no demonstrations")
-    records = records[:max_demos] if max_demos else records
+    """Demonstrations (`demonstrations.read_demonstrations`) as `latents.Demo`s, split into lines."""
     return [split_demo(str(r.get("task_id", i)), r["prompt"], r["completion"], r.get("plan"))
-            for i, r in enumerate(records)]
+            for i, r in enumerate(read_demonstrations(path, max_demos))]
 
 
 @dataclass
@@ -155,6 +154,7 @@ class EStep:
         self.policy = copy.deepcopy(self.scorer).requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.estep_lr, weight_decay=0.0)
         self.temps = Temperatures(cfg.decision_temperature, cfg.temperature)
+        self.keep = KEEP[cfg.bootstrap]  # the bootstrap's rule, chosen once
         self.enc = Encoder(self.tokenizer, demos)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * self.rank)
         self.compute = {"tokens_forward": 0, "tokens_backward": 0, "tokens_generated": 0}
@@ -226,7 +226,9 @@ class EStep:
             self.compute["tokens_forward"] += n_tokens
             self.compute["tokens_backward"] += n_tokens
         self.policy.eval()
-        return {**rollout_metrics(self, ro, rewards.sum(1)), "estep/loss": loss.item()}
+        metrics = rollout_metrics([self.enc.demos[r] for r in ro.rows], ro.annotations, rewards.sum(1),
+                                  self.plain_logp(ro.rows), ro.line_gain, ro.writes, ro.line_kl, ro.mask)
+        return {**metrics, "estep/loss": loss.item()}
 
     def _average_gradients(self) -> None:
         """Data parallelism by hand (q is not wrapped in DDP: most of its passes are no-grad sampling):
@@ -255,95 +257,7 @@ class EStep:
         return {f"estep/heldout_{k}": (v / sums[-1]).item() for k, v in zip(keys, sums, strict=False)}
 
 
-def rollout_metrics(step: EStep, ro: Rollouts, reward: torch.Tensor) -> dict:
-    """The quantities method.md §8 asks to see, averaged over the batch's annotations."""
-    n_rat, n_lines = ro.writes.sum(1), ro.mask.sum(1)
-    plain = step.plain_logp(ro.rows).sum(1)  # 0 past each demo's end
-    elbo = plain + reward  # Σ_t log p(a_t | ·, z) − c·#rationales − β·KL
-    spans = [span for a, n in zip(ro.annotations, n_lines.tolist(), strict=True)
-             for span in governed_lines(sorted(a.rationales), int(n))]
-    lengths = [len(r.ids) for a in ro.annotations for r in a.rationales.values()]
-    metrics = {"estep/reward": reward.mean().item(), "estep/elbo": elbo.mean().item(),
-               "estep/code_gain": ro.line_gain.sum(1).mean().item(),
-               "estep/rationales_per_program": n_rat.mean().item(),
-               "estep/rationale_rate": (n_rat.sum() / n_lines.sum()).item(),
-               "estep/lines_per_rationale": sum(spans) / len(spans) if spans else 0.0,
-               "estep/rationale_tokens": sum(lengths) / len(lengths) if lengths else 0.0,
-               "estep/kl": ro.line_kl.sum(1).mean().item()}
-    texts = [a.texts() for a in ro.annotations]
-    return {**metrics, **boundary_metrics([step.enc.demos[r] for r in ro.rows], texts)}
-
-
-def governed_lines(starts: list[int], n_lines: int) -> list[int]:
-    """Temporal extent: lines each rationale governs, from its line up to the next rationale (or the end)."""
-    ends = starts[1:] + [n_lines] if starts else []
-    return [end - t for t, end in zip(starts, ends, strict=True)]
-
-
-def names_idiom(text: str, idiom: str) -> bool:
-    """Every word of the idiom's name appears in the rationale."""
-    return all(w in text.lower() for w in idiom.lower().replace("_", " ").split())
-
-
-def states_detail(text: str, detail: str, params: tuple[int, ...]) -> bool:
-    """The rationale agrees with the step's detail: it contains the detail phrase ("until above 5"); or the
-    step has parameters, the rationale states numbers and every one is a parameter ("keep the items above
-    3" for k = 3); or the step has none and the rationale states no number ("reverse"). Known blind spots:
-    a comparison stated backwards with the right number, and a parameterless variant named wrongly ("odd"
-    for "even")."""
-    if detail and detail.lower() in text.lower():
-        return True
-    numbers = {int(n) for n in re.findall(r"-?\d+", text)}
-    return numbers <= set(params) and bool(numbers) == bool(params)
-
-
-def boundary_metrics(demos: list, annotations: list[dict[int, str]]) -> dict:
-    """Precision/recall/F1 of rationale positions against the true plan-step starts; of the rationales at a
-    true start, how often one names that step's idiom, and how often it names the idiom *and* agrees with
-    the step's detail (its constant or comparison)."""
-    tp = fp = fn = named = detailed = 0
-    for demo, ann in zip(demos, annotations, strict=True):
-        if not demo.plan_starts:
-            continue
-        truth = {s: k for k, s in enumerate(demo.plan_starts)}
-        hits = set(ann) & set(truth)
-        tp, fp, fn = tp + len(hits), fp + len(set(ann) - hits), fn + len(set(truth) - hits)
-        for t in hits:
-            k = truth[t]
-            if names_idiom(ann[t], demo.plan_names[k]):
-                named += 1
-                details = demo.plan_details[k] if demo.plan_details else ""
-                detailed += states_detail(ann[t], details, demo.plan_params[k] if demo.plan_params else ())
-    if tp + fp + fn == 0:
-        return {}
-    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    return {"estep/boundary_precision": precision, "estep/boundary_recall": recall,
-            "estep/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-9),
-            "estep/rationale_names_idiom": named / max(tp, 1),
-            "estep/rationale_names_idiom_and_detail": detailed / max(tp, 1)}
-
-
 # --------------------------------------------------------------------------- the bootstrap: one trace per demo
-
-def _keep_best(scores: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
-    """Index of the best-scoring sample, or -1 (the empty annotation) when none beats its 0."""
-    g = int(scores.argmax())
-    return -1 if include_empty and scores[g] < 0 else g
-
-
-def _keep_by_weight(log_w: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
-    """A sample drawn with probability ∝ exp(log w) (the empty annotation: log w = 0), as BoLT resamples."""
-    logits = torch.cat([log_w, torch.zeros(1)]) if include_empty else log_w
-    g = rng.choices(range(len(logits)), weights=torch.softmax(logits, 0).tolist())[0]
-    return -1 if g == len(log_w) else g
-
-
-def _keep_first(scores: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
-    return 0
-
-
-KEEP = {"best": _keep_best, "importance": _keep_by_weight, "sample": _keep_first}
-
 
 def bootstrap_records(step: EStep, ro: Rollouts, rng: random.Random) -> list[tuple[int, dict]]:
     """Per demonstration of the rollouts, the kept annotation as an M-step trace: (demo index, record)."""
@@ -351,10 +265,10 @@ def bootstrap_records(step: EStep, ro: Rollouts, rng: random.Random) -> list[tup
     reward = step.line_rewards(ro).sum(1)  # (N,)
     log_w = importance_log_weight(ro.line_gain.sum(1), ro.writes.sum(1), ro.text_logp, ro.text_logq,
                                   cfg.switch_cost)
-    keep, by = KEEP[cfg.bootstrap], (log_w if cfg.bootstrap == "importance" else reward)
     out = []
     for b in range(len(ro.rows) // g):
-        k = keep(by[b * g:(b + 1) * g], cfg.include_empty, rng)
+        group = slice(b * g, (b + 1) * g)
+        k = step.keep(reward[group], log_w[group], cfg.include_empty, rng)
         ann, r = (Annotation(), 0.0) if k < 0 else (ro.annotations[b * g + k], reward[b * g + k].item())
         d = ro.rows[b * g]
         demo, texts = step.enc.demos[d], ann.texts()
@@ -392,12 +306,12 @@ def run(cfg: EStepConfig) -> Path:
     average q's gradients (identical replicas), and the main process writes the files."""
     out = Path(cfg.out_dir)
     state = process_state()
-    if (out / "annotations.jsonl").is_file():
+    if layout.annotations_file(out).is_file():
         logger.info("%s is finished; skipping", out)
     else:
         _run(cfg, out, state)
     state.wait_for_everyone()
-    return out / "annotations.jsonl"
+    return layout.annotations_file(out)
 
 
 def _run(cfg: EStepConfig, out: Path, state: PartialState) -> None:
@@ -410,7 +324,7 @@ def _run(cfg: EStepConfig, out: Path, state: PartialState) -> None:
                           f"({state.num_processes}): every rank takes a share of each batch")
     torch.manual_seed(cfg.seed + 1000 * state.process_index)
     if state.is_main_process:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, layout.config_file(out))
     demos = load_demos(cfg.demos, cfg.max_demos)
     start = time.monotonic()
     step = EStep(cfg, demos)
@@ -470,10 +384,10 @@ def _checksum(model: torch.nn.Module) -> str:
 
 def _write_outputs(out: Path, history: list[dict], curve: list[dict], compute: dict, records: list[dict]) -> None:
     """metrics.jsonl, heldout.jsonl, compute.json, then annotations.jsonl (last: its presence means done)."""
-    write_jsonl(out / "metrics.jsonl", history)
-    write_jsonl(out / "heldout.jsonl", curve)
-    atomic_write_text(out / "compute.json", json.dumps(compute, indent=2) + "\n")
+    write_jsonl(layout.estep_metrics_file(out), history)
+    write_jsonl(layout.heldout_file(out), curve)
+    atomic_write_text(layout.compute_file(out), json.dumps(compute, indent=2) + "\n")
     for rec in sorted(records, key=lambda r: -r["reward"])[:2]:
         logger.info("annotated example %s (reward %+.2f):\n%s%s", rec["task_id"], rec["reward"], rec["prompt"],
                     rec["completion"])
-    write_jsonl(out / "annotations.jsonl", records)
+    write_jsonl(layout.annotations_file(out), records)

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ra3 import layout
 from ra3.benchmarks import BENCHMARKS, Problem, check_completions, load_benchmark
 from ra3.config import Config, ConfigError, config_to_dict, option
 from ra3.files import DataError, atomic_write_text, file_sha256, git_sha, iter_jsonl, write_jsonl
@@ -81,8 +82,7 @@ def run(cfg: EvaluateConfig) -> Path:
     verdicts = check_completions(problems, samples, cfg.workers, cfg.timeout, desc=f"evaluate {cfg.benchmark}")
     results = [{**s, "passed": v.passed, "result": v.result, "status": v.status, "judge": v.judge}
                for s, v in zip(samples, verdicts, strict=True)]
-    stem = samples_path.name.removesuffix(".jsonl")
-    results_path = write_jsonl(samples_path.with_name(f"{stem}_results.jsonl"), results)
+    results_path = write_jsonl(layout.results_file(samples_path), results)
 
     counts = count_passes((s["task_id"] for s in samples), (v.passed for v in verdicts))
     table = pass_at_k_table(counts, cfg.k)
@@ -101,7 +101,7 @@ def run(cfg: EvaluateConfig) -> Path:
         "git_sha": git_sha(),
         "config": config_to_dict(cfg),
     }
-    atomic_write_text(samples_path.with_name(f"{stem}_metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(layout.metrics_file(samples_path), json.dumps(metrics, indent=2) + "\n")
     print(f"{cfg.benchmark}: {len(samples)} samples over {len(counts)} of {len(problems)} tasks\n"
           f"{format_table(table)}")
     return results_path

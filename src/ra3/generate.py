@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ra3 import layout
 from ra3.benchmarks import BENCHMARKS, Problem, load_benchmark
 from ra3.config import Config, ConfigError, option, save_config
 from ra3.files import DataError, atomic_write_text, provenance, write_jsonl
@@ -69,11 +70,6 @@ class GenerateConfig(Config):
         """Where the samples go: `out`, or a name made of the benchmark, split, n and temperature."""
         split = f"-{self.split}" if self.split else ""
         return self.out or Path("runs/generate") / f"{self.benchmark}{split}-n{self.n}-t{self.temperature:g}.jsonl"
-
-
-def sidecar(samples: Path, suffix: str) -> Path:
-    """`NAME.jsonl` -> `NAME.<suffix>` (the files written beside a samples file)."""
-    return samples.with_name(f"{samples.name.removesuffix('.jsonl')}.{suffix}")
 
 
 def _backend(name: str) -> str:
@@ -139,7 +135,7 @@ def run(cfg: GenerateConfig) -> Path:
     completions, tokenizer, device = SAMPLERS[backend](cfg, [p.prompt for p in problems])
     wall_s = time.monotonic() - start
     # nothing is written before the samples exist, so a failed or killed run leaves no partial output
-    save_config(cfg, sidecar(out, "config.yaml"))
+    save_config(cfg, layout.samples_sidecar(out, "config.yaml"))
     write_jsonl(out, sample_records(problems, completions))
 
     # what the kept completions cost: tokens past a stop-rule cut are generated but not counted
@@ -149,6 +145,6 @@ def run(cfg: GenerateConfig) -> Path:
                "samples_per_s": round(len(problems) * cfg.n / max(wall_s, 1e-9), 2),
                "prompts_sha256": prompts_sha256(problems),
                **provenance(cfg.seed, **({"data": cfg.data_path} if cfg.data_path else {}))}
-    atomic_write_text(sidecar(out, "compute.json"), json.dumps(compute, indent=2) + "\n")
+    atomic_write_text(layout.samples_sidecar(out, layout.COMPUTE), json.dumps(compute, indent=2) + "\n")
     logger.info("wrote %d samples to %s (%.1f s)", len(problems) * cfg.n, out, wall_s)
     return out

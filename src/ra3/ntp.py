@@ -1,7 +1,7 @@
 """Stage `ra3 midtrain --method ntp`: next-token prediction on expert demonstrations (the baseline).
 
 The loss is on the completion (the code) only; the prompt (task statement and signature) is conditioned
-on. RA3's M-step calls the same `sft.train` on annotated traces, so the two arms differ only in data.
+on. RA3's M-step calls the same `ntp_trainer.train` on annotated traces, so the two arms differ only in data.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from ra3 import layout
 from ra3.config import option, save_config
-from ra3.files import DataError, read_records
-from ra3.sft import TrainConfig, train
+from ra3.demonstrations import FIELDS, read_demonstrations
+from ra3.ntp_trainer import TrainConfig, train
 
 
 @dataclass
@@ -24,16 +25,9 @@ class NTPConfig(TrainConfig):
                         "or an HF dataset hf:NAME[:SPLIT]")
 
 
-def load_demonstrations(path: Path) -> Dataset:
-    """Prompt/completion records as a datasets.Dataset (errors name the file and line)."""
-    records = read_records(path, required=("prompt", "completion"))
-    if not records:
-        raise DataError(f"{path}: no demonstrations")
-    return Dataset.from_dict({"prompt": [r["prompt"] for r in records],
-                              "completion": [r["completion"] for r in records]})
-
-
 def run(cfg: NTPConfig) -> Path:
     """Mid-train `cfg.model` on `cfg.data` with loss on the code tokens; returns the HF model directory."""
-    save_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    return train(cfg, load_demonstrations(cfg.data), completion_only=True, data_path=cfg.data)
+    save_config(cfg, layout.config_file(cfg.out_dir))
+    records = read_demonstrations(cfg.data)
+    dataset = Dataset.from_dict({field: [r[field] for r in records] for field in FIELDS})
+    return train(cfg, dataset, completion_only=True, data_path=cfg.data)

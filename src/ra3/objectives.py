@@ -3,10 +3,12 @@
 Notation: a demonstration is a prompt x and code lines a_1..a_T; z_t is the latent before line t
 (CONTINUE or a rationale); p is the frozen model of the last M-step, q the latent policy.
 The M-step's loss is the standard next-token cross-entropy on rationale + code tokens, computed by TRL's
-SFTTrainer (sft.py); pass@k lives in passk.py.
+SFTTrainer (`ntp_trainer`); pass@k lives in passk.py.
 """
 
 from __future__ import annotations
+
+import random
 
 import torch
 
@@ -85,3 +87,35 @@ def kl_k3(logp_q: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     estimate of KL(q ‖ p_ref) for x ~ q (Schulman 2020; the KL term of method.md §3). Elementwise."""
     log_ratio = logp_ref - logp_q
     return torch.exp(log_ratio) - log_ratio - 1
+
+
+def sampled_elbo(code_logp_plain: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """ELBO(z) = Σ_t log p(a_t | x, a_<t, z_≤t) − c·#rationales − β·KL(q‖p) = log p(a | x) + R(z)   (method.md
+    §3: the temporal ELBO's value at one sampled annotation z; its mean over z ~ q estimates the bound).
+    `code_logp_plain` is log p(a | x), `reward` R(z) of `estep_reward`; both (N,)."""
+    return code_logp_plain + reward
+
+
+# --------------------------------------------------------------------------- the bootstrap (method.md §5)
+# Which of a demonstration's G samples becomes its M-step trace: index g, or -1 for the empty annotation.
+# One signature for every rule, so the rule is chosen once, at setup (`KEEP[cfg.bootstrap]`).
+
+def keep_best(reward: torch.Tensor, log_w: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
+    """argmax_g R(z_g), or -1 when the empty annotation (R = 0) beats every sample."""
+    g = int(reward.argmax())
+    return -1 if include_empty and reward[g] < 0 else g
+
+
+def keep_by_weight(reward: torch.Tensor, log_w: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
+    """g drawn with probability w_g / Σ w (the empty annotation: log w = 0), as BoLT resamples its latents."""
+    logits = torch.cat([log_w, torch.zeros(1)]) if include_empty else log_w
+    g = rng.choices(range(len(logits)), weights=torch.softmax(logits, 0).tolist())[0]
+    return -1 if g == len(log_w) else g
+
+
+def keep_first(reward: torch.Tensor, log_w: torch.Tensor, include_empty: bool, rng: random.Random) -> int:
+    """The first sample, whatever it scores: the trace of q itself."""
+    return 0
+
+
+KEEP = {"best": keep_best, "importance": keep_by_weight, "sample": keep_first}

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from ra3 import layout
 from ra3.config import option, save_config
 from ra3.files import DataError, read_records
-from ra3.sft import TrainConfig, train
+from ra3.ntp_trainer import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -55,5 +56,5 @@ def run(cfg: PretrainConfig) -> Path:
         raise DataError(f"{cfg.data}: no records")
     if cfg.stdlib_fraction > 0:
         texts += _stdlib_texts(int(cfg.stdlib_fraction * sum(map(len, texts))), cfg.seed)
-    save_config(cfg, Path(cfg.out_dir) / "config.yaml")
+    save_config(cfg, layout.config_file(cfg.out_dir))
     return train(cfg, Dataset.from_dict({"text": texts}), completion_only=False, data_path=cfg.data)

@@ -8,9 +8,7 @@ built once as a list of blocks and rendered twice (Markdown and HTML), so the tw
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import math
 import statistics
@@ -19,8 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from ra3 import layout
 from ra3.config import Config, option
 from ra3.files import DataError, atomic_write_text, read_jsonl
+from ra3.report_render import to_html, to_markdown
 
 ARMS = ("base", "ntp", "ra3", "ntp+rlvr", "ra3+rlvr")
 LABELS = {"base": "base", "ntp": "NTP", "ra3": "RA3", "ntp+rlvr": "NTP + RLVR", "ra3+rlvr": "RA3 + RLVR"}
@@ -68,22 +68,23 @@ def steps_to_threshold(steps: list[int], values: list[float], threshold: float) 
 # --------------------------------------------------------------------------- reading the run
 
 class Run:
-    """The files of one demo run, read on demand."""
+    """The files of one demo run (`layout.Study`), read on demand."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self.config = yaml.safe_load((root / "config.yaml").read_text())
+        self.root, self.study = root, layout.Study(root)
+        self.config = yaml.safe_load(self.study.config.read_text())
         self.seeds, self.benchmarks = self.config["seeds"], self.config["benchmarks"]
         self._curves: dict[str, list[list[dict]]] = {}  # arm -> per-seed curves, read once
 
-    def eval_dir(self, arm: str, seed: int) -> Path:
-        return self.root / "eval" / (arm if arm == "base" else f"{arm}-s{seed}")
+    def metrics_file(self, arm: str, seed: int, bench: str, mode: str) -> Path:
+        """`evaluate`'s metrics of one model (the base model has no training seed)."""
+        return layout.metrics_file(self.study.samples(arm, None if arm == "base" else seed, bench, mode))
 
     def first_metrics(self, bench: str, mode: str) -> dict | None:
         """The first `*_metrics.json` of this benchmark and mode over the arms and seeds (None: none yet)."""
         for arm in ARMS:
             for seed in self.seeds:
-                path = self.eval_dir(arm, seed) / f"{bench}-{mode}_metrics.json"
+                path = self.metrics_file(arm, seed, bench, mode)
                 if path.is_file():
                     return json.loads(path.read_text())
         return None
@@ -91,7 +92,7 @@ class Run:
     def reported(self, arm: str, bench: str, mode: str, key: str) -> list[float]:
         """Per-seed values of one pass@k entry (the base model: one value)."""
         seeds = [self.seeds[0]] if arm == "base" else self.seeds
-        files = [self.eval_dir(arm, s) / f"{bench}-{mode}_metrics.json" for s in seeds]
+        files = [self.metrics_file(arm, s, bench, mode) for s in seeds]
         return [json.loads(f.read_text())["pass_at_k"][key]["value"] for f in files if f.is_file()]
 
     def curve_band(self, arm: str, key: str = "pass@1_greedy") -> dict[float, list[float]]:
@@ -109,7 +110,7 @@ class Run:
             return self._curves[arm]
         out = self._curves[arm] = []
         for s in self.seeds:
-            path = self.root / f"seed{s}" / f"rlvr-{arm}" / "curves.csv"
+            path = layout.curves_file(self.study.arm_dir(f"{arm}+rlvr", s))
             if path.is_file():
                 with path.open() as f:
                     out.append([{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)])
@@ -117,19 +118,17 @@ class Run:
 
     def heldout_curves(self, seed: int) -> list[list[dict]]:
         """Per EM iteration, the E-step objective on its held-out demonstrations, by update."""
-        iters = sorted((self.root / f"seed{seed}" / "ra3").glob("iter*/estep/heldout.jsonl"))
-        return [read_jsonl(p) for p in iters]
+        return [read_jsonl(p) for p in layout.em_estep_files(self.study.arm_dir("ra3", seed), layout.heldout_file)]
 
     def ra3_summary(self, seed: int) -> dict:
-        path = self.root / f"seed{seed}" / "ra3" / "summary.json"
+        path = layout.em_summary(self.study.arm_dir("ra3", seed))
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def compute(self) -> list[tuple[str, dict]]:
         """(stage, compute.json) of every stage that wrote one, in a stable order."""
-        files = sorted(self.root.glob("**/compute.json"))
-        files += sorted(self.root.glob("eval/**/*.compute.json"))
-        return [(str(f.relative_to(self.root).parent if f.name == "compute.json" else f.relative_to(self.root)),
-                 json.loads(f.read_text())) for f in files if "checkpoint" not in str(f)]
+        stages, samples = self.study.compute_files()
+        return ([(str(f.relative_to(self.root).parent), json.loads(f.read_text())) for f in stages]
+                + [(str(f.relative_to(self.root)), json.loads(f.read_text())) for f in samples])
 
 
 # --------------------------------------------------------------------------- plots
@@ -338,7 +337,7 @@ def section_compute(run: Run) -> list:
 
 def section_example(run: Run) -> list:
     for seed in run.seeds:
-        for path in sorted((run.root / f"seed{seed}" / "ra3").glob("iter*/estep/annotations.jsonl"), reverse=True):
+        for path in reversed(layout.em_estep_files(run.study.arm_dir("ra3", seed), layout.annotations_file)):
             kept = [r for r in read_jsonl(path) if r["n_rationales"] > 0]
             if kept:
                 best = max(kept, key=lambda r: r["reward"])
@@ -350,7 +349,7 @@ def section_example(run: Run) -> list:
 
 
 def build(run: Run, out: Path) -> list:
-    env_path = run.root / "environment.json"
+    env_path = run.study.environment
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     header = [("h1", "RA3 vs NTP: demo report"),
               ("p", f"Run {run.root} · seeds {run.seeds} · benchmarks {run.benchmarks} · started "
@@ -361,56 +360,12 @@ def build(run: Run, out: Path) -> list:
             + section_estep(run, out) + section_compute(run) + section_example(run))
 
 
-# --------------------------------------------------------------------------- rendering
-
-def to_markdown(blocks: list, root: Path) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"{'#' * int(kind[1])} {rest[0]}\n")
-        elif kind == "p":
-            out.append(rest[0] + "\n")
-        elif kind == "list":
-            out.append("\n".join(f"- {line}" for line in rest[0]) + "\n")
-        elif kind == "table":
-            head, rows = rest
-            out.append("\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                                 + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
-        elif kind == "img":
-            out.append(f"![{rest[1]}]({Path(rest[0]).relative_to(root)})\n")
-        elif kind == "code":
-            out.append(f"```python\n{rest[0].rstrip()}\n```\n")
-    return "\n".join(out)
-
-
-def to_html(blocks: list) -> str:
-    esc, out = html.escape, []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{esc(rest[0])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{esc(rest[0])}</p>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in rest[0]) + "</ul>")
-        elif kind == "table":
-            head, rows = rest
-            out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-        elif kind == "img":
-            data = base64.b64encode(Path(rest[0]).read_bytes()).decode()
-            out.append(f'<img alt="{esc(rest[1])}" src="data:image/png;base64,{data}">')
-        elif kind == "code":
-            out.append(f"<pre>{esc(rest[0])}</pre>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(out)}</body></html>\n"
-
-
 def run(cfg: ReportConfig) -> Path:
     """Write report.md, report.html and the PNGs into the run directory; returns report.md."""
     root = Path(cfg.run_dir)
-    if not (root / "config.yaml").is_file():
-        raise DataError(f"{root}: not a demo run directory (no config.yaml)")
+    study = layout.Study(root)
+    if not study.config.is_file():
+        raise DataError(f"{root}: not a demo run directory (no {study.config.name})")
     blocks = build(Run(root), root)
-    atomic_write_text(root / "report.html", to_html(blocks))
-    return atomic_write_text(root / "report.md", to_markdown(blocks, root))
+    atomic_write_text(study.report("html"), to_html(blocks))
+    return atomic_write_text(study.report("md"), to_markdown(blocks, root))

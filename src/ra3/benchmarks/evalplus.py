@@ -20,9 +20,8 @@ from ra3.benchmarks.problem import (
     EVALPLUS_MIN_TIME_LIMIT,
     RECORD_LIMITS,
     Problem,
-    _require,
+    data_file,
     default_cache_dir,
-    default_data_dir,
 )
 from ra3.files import DataError, atomic_write_text, file_sha256, read_jsonl
 from ra3.sandbox import (
@@ -211,14 +210,14 @@ def _load_evalplus(path: Path, dataset: str, split: str | None, cache_dir: Path 
 def load_humaneval_plus(path: str | Path | None = None, split: str | None = None,
                         cache_dir: str | Path | None = None) -> list[Problem]:
     """HumanEval+ v0.1.10: base + plus inputs (split 'base': the original inputs only)."""
-    path = _require(path, default_data_dir() / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl.gz", "humaneval_plus")
+    path = data_file("humaneval_plus", path)
     return _load_evalplus(path, "humaneval", split, Path(cache_dir) if cache_dir else None)
 
 
 def load_mbpp_plus(path: str | Path | None = None, split: str | None = None,
                    cache_dir: str | Path | None = None) -> list[Problem]:
     """MBPP+ v0.2.0 (378 tasks): base + plus inputs (split 'base': the original inputs only)."""
-    path = _require(path, default_data_dir() / "evalplus" / "MbppPlus-v0.2.0.jsonl.gz", "mbpp_plus")
+    path = data_file("mbpp_plus", path)
     return _load_evalplus(path, "mbpp", split, Path(cache_dir) if cache_dir else None)
 
 

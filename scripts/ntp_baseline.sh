@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 3's numbers: held-out pass@1 (greedy, 400 tasks) and pass@10 (n=10, T=0.8, first 100 tasks) of the
 # base model and of the NTP-midtrained model for 3 seeds, with each stage's wall time and tokens/s.
-#   BASE=runs/base/model WORLD=runs/world OUT=runs/bench-ntp bash benchmarks/ntp_baseline.sh
+#   BASE=runs/base/model WORLD=runs/world OUT=runs/bench-ntp bash scripts/ntp_baseline.sh
 # BASE: a pretrained base (configs/pretrain.yaml); WORLD: the `ra3 world` directory it was trained on.
 set -euo pipefail
 BASE=${BASE:-runs/base/model}; WORLD=${WORLD:-runs/world}; OUT=${OUT:-runs/bench-ntp}; SEEDS=${SEEDS:-"0 1 2"}
@@ -22,4 +22,4 @@ for seed in $SEEDS; do
     --out-dir "$OUT/ntp-s$seed" --seed "$seed"
   [ -f "$OUT/ntp-s$seed-t08_metrics.json" ] || evaluate_model "$OUT/ntp-s$seed/model" "$OUT/ntp-s$seed"
 done
-python benchmarks/summarize.py "$OUT"
+python scripts/summarize.py "$OUT"

@@ -1,7 +1,7 @@
-"""Print the markdown tables of benchmarks/ntp_baseline.sh's output directory (pass@k, mean ± std over seeds,
+"""Print the markdown tables of scripts/ntp_baseline.sh's output directory (pass@k, mean ± std over seeds,
 and each stage's wall time and tokens/s). Reads only the files the stages wrote.
 
-    python benchmarks/summarize.py runs/bench-ntp
+    python scripts/summarize.py runs/bench-ntp
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ra3 import estep, ntp
+from ra3 import estep, layout, ntp
 from ra3.config import ConfigError, option, save_config
-from ra3.files import DataError, atomic_write_text, read_jsonl, read_records, write_jsonl
+from ra3.demonstrations import read_demonstrations
+from ra3.files import DataError, atomic_write_text, read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,12 @@ def _demo_shards(cfg: RA3Config, out: Path) -> list[Path]:
     """Per iteration, the demonstrations it annotates: disjoint contiguous shards, or all of them."""
     if not cfg.shard_demos or cfg.iterations == 1:
         return [cfg.data] * cfg.iterations
-    records = read_records(cfg.data, required=("prompt", "completion"))
+    records = read_demonstrations(cfg.data)
     if len(records) < cfg.iterations:
         raise DataError(f"{cfg.data}: {len(records)} demonstrations cannot fill {cfg.iterations} shards")
     bounds = [len(records) * i // cfg.iterations for i in range(cfg.iterations + 1)]
     # written on every run (same data, same shards), so a shard always matches the data it came from
-    return [write_jsonl(out / f"iter{i}" / "demos.jsonl", records[bounds[i]:bounds[i + 1]])
+    return [write_jsonl(layout.em_shard(out, i), records[bounds[i]:bounds[i + 1]])
             for i in range(cfg.iterations)]
 
 
@@ -71,54 +72,53 @@ def _mstep_config(cfg: RA3Config, model: str, traces: Path, out_dir: Path, steps
     return ntp.NTPConfig(**values)
 
 
-def _iteration_summary(it_dir: Path) -> dict:
+def _read_if_written(path: Path) -> list[dict]:
+    return read_jsonl(path) if path.is_file() else []
+
+
+def _iteration_summary(out: Path, it: int) -> dict:
     """What the report needs of one iteration: E-step metrics first/last (training batches and held-out),
     trace statistics, compute. An annotator without RL (an ablation) writes no metrics: those stay empty."""
-    history = read_jsonl(it_dir / "estep" / "metrics.jsonl") if (it_dir / "estep" / "metrics.jsonl").is_file() else []
-    curve = read_jsonl(it_dir / "estep" / "heldout.jsonl") if (it_dir / "estep" / "heldout.jsonl").is_file() else []
-    traces = read_jsonl(it_dir / "estep" / "annotations.jsonl")
+    estep_out = layout.estep_dir(out, it)
+    history = _read_if_written(layout.estep_metrics_file(estep_out))
+    curve = _read_if_written(layout.heldout_file(estep_out))
+    traces = read_jsonl(layout.annotations_file(estep_out))
     summary = {"estep_first": history[0] if history else {}, "estep_last": history[-1] if history else {},
                "heldout_first": curve[0] if curve else {}, "heldout_last": curve[-1] if curve else {},
                "traces_with_rationales": sum(t["n_rationales"] > 0 for t in traces) / len(traces),
                "trace_rationales_per_program": sum(t["n_rationales"] for t in traces) / len(traces),
                "trace_mean_reward": sum(t["reward"] for t in traces) / len(traces)}
-    for phase in ("estep", "mstep"):
-        summary[f"{phase}_compute"] = json.loads((it_dir / phase / "compute.json").read_text())
+    for phase, phase_dir in (("estep", estep_out), ("mstep", layout.mstep_dir(out, it))):
+        summary[f"{phase}_compute"] = json.loads(layout.compute_file(phase_dir).read_text())
     return summary
 
 
-def final_model_dir(cfg: RA3Config) -> Path:
-    """Where the last iteration's M-step writes the RA3 model."""
-    return Path(cfg.out_dir) / f"iter{cfg.iterations - 1}" / "mstep" / "model"
-
-
-# (cfg, current model, this iteration's demonstrations, the iteration's directory, iteration) -> traces JSONL
-# written to <iteration dir>/estep/annotations.jsonl, with a compute.json beside it
+# (cfg, current model, this iteration's demonstrations, the E-step's directory, iteration) -> the traces
+# JSONL (`layout.annotations_file` of that directory), with a compute.json beside it
 Annotator = Callable[[RA3Config, str, Path, Path, int], Path]
 
 
-def rl_annotations(cfg: RA3Config, model: str, demos: Path, it_dir: Path, iteration: int) -> Path:
+def rl_annotations(cfg: RA3Config, model: str, demos: Path, estep_out: Path, iteration: int) -> Path:
     """RA3's own E-step (`estep.run`): RL on the latent policy and the bootstrap."""
-    return estep.run(_estep_config(cfg, model, demos, it_dir / "estep", iteration))
+    return estep.run(_estep_config(cfg, model, demos, estep_out, iteration))
 
 
 def run(cfg: RA3Config, annotate: Annotator = rl_annotations) -> Path:
     """Run the EM loop; returns the final model directory. Finished phases are skipped on a rerun.
     `annotate` is the E-step (ablations swap in another source of traces, e.g. the true plan)."""
     out = Path(cfg.out_dir)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, layout.config_file(out))
     steps = [cfg.max_steps // cfg.iterations + (i < cfg.max_steps % cfg.iterations) for i in range(cfg.iterations)]
     model, summaries, shards = cfg.model, [], _demo_shards(cfg, out)
     for it in range(cfg.iterations):
-        it_dir = out / f"iter{it}"
         logger.info("RA3 iteration %d/%d: E-step", it + 1, cfg.iterations)
-        traces = annotate(cfg, model, shards[it], it_dir, it)
+        traces = annotate(cfg, model, shards[it], layout.estep_dir(out, it), it)
         logger.info("RA3 iteration %d/%d: M-step (%d steps)", it + 1, cfg.iterations, steps[it])
-        model = str(ntp.run(_mstep_config(cfg, model, traces, it_dir / "mstep", steps[it])))
-        summaries.append(_iteration_summary(it_dir))
+        model = str(ntp.run(_mstep_config(cfg, model, traces, layout.mstep_dir(out, it), steps[it])))
+        summaries.append(_iteration_summary(out, it))
     compute = {phase: {key: sum(s[f"{phase}_compute"].get(key, 0) for s in summaries)
                        for key in ("tokens_forward", "tokens_backward", "tokens_generated", "wall_s")}
                for phase in ("estep", "mstep")}
     summary = {"final_model": model, "iterations": summaries, "compute": compute}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(layout.em_summary(out), json.dumps(summary, indent=2) + "\n")
     return Path(model)

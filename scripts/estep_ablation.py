@@ -1,8 +1,8 @@
 """RA3 against NTP with the ablations that say why it wins or loses (BENCHMARKS.md, "RA3 ablations").
 
-    python benchmarks/estep_ablation.py run --out runs/ablation --seeds 0,1,2 --arms ntp,null,oracle,resample,ra3
-    python benchmarks/estep_ablation.py table runs/ablation
-    python benchmarks/estep_ablation.py packing runs/ablation     # how often packing splits an example
+    python scripts/estep_ablation.py run --out runs/ablation --seeds 0,1,2 --arms ntp,null,oracle,resample,ra3
+    python scripts/estep_ablation.py table runs/ablation
+    python scripts/estep_ablation.py packing runs/ablation     # how often packing splits an example
 
 Every arm starts from the shipped base on the embedded-default world and trains with the demo's budget
 (`demo.MIDTRAIN`, `demo.RA3`): the same demonstrations, M-step steps, batch and optimiser. Arms:
@@ -27,25 +27,26 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from ra3 import demo, ntp, ra3, world
-from ra3.files import atomic_write_text, read_records, write_jsonl
+from ra3 import demo, em, layout, ntp, world
+from ra3.demonstrations import read_demonstrations
+from ra3.files import atomic_write_text, write_jsonl
 from ra3.latents import split_demo
 from ra3.rationales import insert_rationales
 
 ARMS = {"ntp": {}, "null": {}, "oracle": {}, "resample": {"rl_fraction": 0.0, "bootstrap": "importance"}, "ra3": {}}
 
 
-def fixed_annotations(texts_of: Callable[[dict], dict[int, str]]) -> ra3.Annotator:
+def fixed_annotations(texts_of: Callable[[dict], dict[int, str]]) -> em.Annotator:
     """An E-step that writes given rationales ({line: text} per demonstration record) and learns nothing."""
-    def annotate(cfg: ra3.RA3Config, model: str, demos: Path, it_dir: Path, iteration: int) -> Path:
+    def annotate(cfg: em.RA3Config, model: str, demos: Path, estep_out: Path, iteration: int) -> Path:
         records = []
-        for r in read_records(demos, required=("prompt", "completion", "plan")):
+        for r in read_demonstrations(demos, also=("task_id", "plan")):
             d, texts = split_demo(r["task_id"], r["prompt"], r["completion"], r["plan"]), texts_of(r)
             records.append({"task_id": d.task_id, "prompt": d.prompt, "completion": insert_rationales(d.lines, texts),
                             "reward": 0.0, "n_rationales": len(texts),
                             "rationales": {str(t): s for t, s in texts.items()}})
-        atomic_write_text(it_dir / "estep" / "compute.json", json.dumps({"tokens_forward": 0, "wall_s": 0.0}) + "\n")
-        return write_jsonl(it_dir / "estep" / "annotations.jsonl", records)
+        atomic_write_text(layout.compute_file(estep_out), json.dumps({"tokens_forward": 0, "wall_s": 0.0}) + "\n")
+        return write_jsonl(layout.annotations_file(estep_out), records)
     return annotate
 
 
@@ -53,35 +54,36 @@ ANNOTATORS = {"null": fixed_annotations(lambda r: {}),  # the raw code: the pipe
               "oracle": fixed_annotations(lambda r: {p["start"]: f"{p['idiom']}: {p['detail']}" for p in r["plan"]})}
 
 
-def run_arm(out: Path, arm: str, seed: int, cfg: demo.DemoConfig, data: dict[str, str], base: str) -> None:
-    d = out / f"seed{seed}" / arm
+def run_arm(study: layout.Study, arm: str, seed: int, cfg: demo.DemoConfig, data: dict[str, str],
+            base: str) -> None:
+    d = study.seed_dir(seed) / arm  # beside the demo's ntp/ and ra3/: the ablation's arms are its own names
     if arm == "ntp":
         mid = demo.section(ntp.NTPConfig, cfg.midtrain, "midtrain", model=base, data=Path(data["demos"]),
                            out_dir=d, seed=seed)
         model = ntp.run(mid)
     else:
-        mid = demo.section(ra3.RA3Config, {**cfg.midtrain, **cfg.ra3, **ARMS[arm]}, "ra3", model=base,
+        mid = demo.section(em.RA3Config, {**cfg.midtrain, **cfg.ra3, **ARMS[arm]}, "ra3", model=base,
                            data=Path(data["demos"]), out_dir=d, seed=seed)
-        done = d / "summary.json"
-        model = ra3.final_model_dir(mid) if done.is_file() else ra3.run(mid, ANNOTATORS.get(arm, ra3.rl_annotations))
-    for step in demo.eval_steps(cfg, out, arm, str(model), seed, data):
+        model = (layout.em_final_model(d, mid.iterations) if layout.em_summary(d).is_file()
+                 else em.run(mid, ANNOTATORS.get(arm, em.rl_annotations)))
+    for step in demo.eval_steps(cfg, study, arm, str(model), seed, data):
         if not step.output.exists():
             step.module.run(step.cfg)
 
 
 def run(out: Path, seeds: list[int], arms: list[str]) -> None:
-    cfg = demo.DemoConfig(out_dir=out)
-    if not (out / "world" / "compute.json").is_file():
-        world.run(world.WorldConfig(out_dir=out / "world"))
-    demo.ship_base(out)
-    data = {"demos": str(out / "world" / "demos.jsonl"), "world": str(out / "world")}
+    cfg, study = demo.DemoConfig(out_dir=out), layout.Study(out)
+    if not layout.compute_file(study.world).is_file():
+        world.run(world.WorldConfig(out_dir=study.world))
+    demo.ship_base(study)
+    data = {"demos": str(layout.world_file(study.world, "demos")), "world": str(study.world)}
     for seed in seeds:
         for arm in arms:
-            run_arm(out, arm, seed, cfg, data, str(out / "base" / "model"))
+            run_arm(study, arm, seed, cfg, data, str(layout.model_dir(study.base)))
 
 
 def _pass(out: Path, arm: str, seed: int, mode: str, k: str) -> float | None:
-    path = out / "eval" / f"{arm}-s{seed}" / f"world-{mode}_metrics.json"
+    path = layout.metrics_file(layout.Study(out).samples(arm, seed, "world", mode))
     return json.loads(path.read_text())["pass_at_k"][k]["value"] if path.is_file() else None
 
 
@@ -110,7 +112,7 @@ def table(out: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arm in ARMS:
         for s in seeds:
-            path = out / f"seed{s}" / arm / "summary.json"
+            path = layout.em_summary(layout.Study(out).seed_dir(s) / arm)
             if arm == "ntp" or not path.is_file():
                 continue
             for it, summ in enumerate(json.loads(path.read_text())["iterations"]):
@@ -123,7 +125,7 @@ def table(out: Path) -> None:
                       f"{summ['trace_rationales_per_program']:.2f} | {named:.2f} | {detail:.2f} | "
                       f"{summ['estep_compute'].get('wall_s', 0):.0f} | {summ['mstep_compute']['wall_s']:.0f} |")
     for s in seeds:
-        path = out / f"seed{s}" / "ntp" / "compute.json"
+        path = layout.compute_file(layout.Study(out).arm_dir("ntp", s))
         if path.is_file():
             print(f"\nNTP seed {s}: {json.loads(path.read_text())['wall_s']:.0f} s")
 
@@ -134,11 +136,13 @@ def packing(out: Path, row: int = 512) -> None:
     cuts rows of `row` tokens (this counts the same cut, with the base's tokenizer)."""
     from ra3.models import encode, load_tokenizer
 
-    tok = load_tokenizer(out / "base" / "model")
-    shards = sorted((out / "seed0" / "ra3").glob("iter*/estep/annotations.jsonl"))
-    for name, paths in (("NTP demonstrations", [out / "world" / "demos.jsonl"]), ("RA3 traces (seed 0)", shards)):
+    study = layout.Study(out)
+    tok = load_tokenizer(layout.model_dir(study.base))
+    shards = layout.em_estep_files(study.arm_dir("ra3", 0), layout.annotations_file)
+    for name, paths in (("NTP demonstrations", [layout.world_file(study.world, "demos")]),
+                        ("RA3 traces (seed 0)", shards)):
         pos = crossing = n = total = 0
-        for r in (rec for p in paths for rec in read_records(p, required=("prompt", "completion"))):
+        for r in (rec for p in paths for rec in read_demonstrations(p)):
             length = len(encode(tok, r["prompt"])) + len(encode(tok, r["completion"], False)) + 1  # + EOS
             crossing += pos // row != (pos + length - 1) // row
             pos, n, total = pos + length, n + 1, total + length

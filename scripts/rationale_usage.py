@@ -2,7 +2,7 @@
 writes comment lines, and (with comments) whether every comment names the idiom of the step it precedes
 in the true plan order, and whether each also agrees with its step's detail (`estep.states_detail`).
 
-    python benchmarks/rationale_usage.py runs/demo/world/eval_tasks.jsonl runs/demo/eval/ra3-s0/world-greedy_results.jsonl ...
+    python scripts/rationale_usage.py runs/demo/world/eval_tasks.jsonl runs/demo/eval/ra3-s0/world-greedy_results.jsonl ...
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 
 from ra3.benchmarks import load_problems
-from ra3.estep import names_idiom, states_detail
+from ra3.estep_metrics import names_idiom, states_detail
 from ra3.files import read_jsonl
 
 

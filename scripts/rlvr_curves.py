@@ -1,7 +1,7 @@
 """RLVR curves with seed spread: `ra3 rlvr` from one checkpoint for several seeds, then the pass@1-vs-step
 table (mean ± sample std over seeds, each seed's value beside it) and the step-time split.
 
-    python benchmarks/rlvr_curves.py --model runs/ntp/model --tasks runs/world/rl_tasks.jsonl \\
+    python scripts/rlvr_curves.py --model runs/ntp/model --tasks runs/world/rl_tasks.jsonl \\
         --eval-tasks runs/world/eval_tasks.jsonl --out runs/bench/rlvr_ntp -- --max-steps 100 --eval-every 10
 
 Everything after `--` goes to `ra3 rlvr` unchanged. Each seed runs in its own process in `OUT/seed<k>`; a

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+from ra3 import layout
 from ra3.config import Config, option
 from ra3.files import atomic_write_text, provenance
 from ra3.models import load_pretrained, publish_model_dir
@@ -130,17 +131,17 @@ def _write_rank_audit(trainer, out_dir: Path) -> None:
 
 def train(cfg: TrainConfig, dataset: Dataset, completion_only: bool, data_path: Path | None = None) -> Path:
     """Train `cfg.model` on `dataset` ("text" records, or "prompt"/"completion" records whose loss is on
-    the completion only when `completion_only`); returns `cfg.out_dir / "model"`, an HF model directory.
+    the completion only when `completion_only`); returns `layout.model_dir(cfg.out_dir)`, an HF model dir.
 
     A rerun after a kill resumes from the last complete checkpoint; a finished run returns at once.
     """
     out_dir = Path(cfg.out_dir)
-    final = out_dir / "model"
-    if (out_dir / "compute.json").is_file() and final.is_dir():
+    final = layout.model_dir(out_dir)
+    if layout.compute_file(out_dir).is_file() and final.is_dir():
         logger.info("%s is finished; skipping", out_dir)
         return final
     model, tokenizer = load_pretrained(cfg.model, dtype=torch.float32)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = layout.checkpoints_dir(out_dir)
     remove_incomplete_checkpoints(ckpt_dir)
     resume = last_complete_checkpoint(ckpt_dir)
     from torch.utils.tensorboard import SummaryWriter
@@ -165,7 +166,7 @@ def train(cfg: TrainConfig, dataset: Dataset, completion_only: bool, data_path: 
                    "tokens_per_s": round(tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
                    "final_loss": _last_loss(state.log_history),
                    **provenance(cfg.seed, **({"data": data_path} if data_path else {}))}
-        atomic_write_text(out_dir / "compute.json", json.dumps(compute, indent=2) + "\n")
+        atomic_write_text(layout.compute_file(out_dir), json.dumps(compute, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return final
 
