@@ -4,8 +4,11 @@ Each attack is a *wrong* program (it returns its input unchanged instead of reve
 make the verdict `pass` another way: rebinding the builtins and math functions a judge would use, reading
 the expected output from frames or `gc`, returning an object with a lying `__eq__`, skipping the asserts
 with `sys.settrace`, writing forged verdict frames to every file descriptor, reading other processes'
-memory for the expected output, and (on a worker, before later jobs) leaving a daemon that tries to leave
-the worker's cgroup and forge the next jobs' verdicts. None may pass; the correct program must.
+memory for the expected output, patching a module the tests read from the program, raising StopIteration
+into test code that iterates, writing a small frame of its own that would expand in the judge, returning
+a value whose frame decodes in the judge to far more memory than the program may use, and (on a worker,
+before later jobs) leaving a daemon that tries to leave the worker's cgroup and forge the next jobs'
+verdicts. None may pass; the correct program must.
 
 The expected outputs end in a marker (`-ra3-expected`) that no input holds, so a program that returns one
 must have read it from somewhere it should not reach.
@@ -171,6 +174,10 @@ for pid in filter(str.isdigit, os.listdir("/proc")):  # PTRACE_ATTACH everything
 def answer(s):
     return steal_memory() or s
 ''',
+    "stop-iteration": r'''
+def answer(s):  # raised in the test code, it would end a map() early, as if every case had passed
+    raise StopIteration
+''',
 }
 
 # --------------------------------------------------------------------------- the judge modes ra3 uses
@@ -186,9 +193,10 @@ def _humaneval(body: str) -> Job:  # HumanEval: prompt + completion; check(candi
     return Job(HUMANEVAL_PROMPT + completion, ScriptTest(test, setup=HUMANEVAL_PROMPT), "rev", LIMITS)
 
 
-def _mbpp(body: str) -> Job:  # MBPP: the whole program, then setup and asserts
-    asserts = "".join(f"assert rev({i!r}) == {e!r}\n" for i, e in zip(INPUTS, EXPECTED, strict=True))
-    return Job(body + "def rev(s):\n    return answer(s)\n", ScriptTest("import math\n" + asserts), "rev", LIMITS)
+def _mbpp(body: str, check: str = "rev({i!r}) == {e!r}", setup: str = "import math\n") -> Job:
+    """MBPP: the whole program, then setup and asserts."""
+    asserts = "".join(f"assert {check.format(i=i, e=e)}\n" for i, e in zip(INPUTS, EXPECTED, strict=True))
+    return Job(body + "def rev(s):\n    return answer(s)\n", ScriptTest(setup + asserts), "rev", LIMITS)
 
 
 def _functional(body: str, **kw) -> Job:  # HumanEval+/MBPP+ and the world: FunctionalTest
@@ -215,6 +223,10 @@ DIGESTS = [hashlib.sha256(repr(e).encode()).hexdigest() for e in EXPECTED]
 MODES: dict[str, Callable[[str], Job]] = {
     "humaneval-script": _humaneval,
     "mbpp-script": _mbpp,
+    # asserts that use a module only the program imports (Mbpp/596's `sys`): the judge's own, not the program's
+    "mbpp-script-module": lambda body: _mbpp(body, "operator.eq(rev({i!r}), {e!r})", setup=""),
+    # test code that calls the program inside map() (HumanEval's and MBPP's do not; a ScriptTest may)
+    "script-map": lambda body: _mbpp(body, "all(map(lambda s: rev(s) == {e!r}, [{i!r}]))"),
     "functional": _functional,  # HumanEval+, MBPP+, the world
     "functional-oracle": lambda body: _functional(body, oracle=oracle_source("out == exp or out == exp.upper()")),
     "functional-digest": lambda body: _functional(body, outputs=DIGESTS, digest=True),  # Mbpp/255
@@ -340,3 +352,37 @@ def test_a_verdict_is_accepted_once_and_for_its_own_job(frames, why):
     sandbox_worker.Worker()._frames(outcome, "n" * 32)
     verdict, _ = sandbox._verdict(outcome, "judge-process/functional", 0.0)
     assert verdict.status == "fail" and why in verdict.detail
+
+
+# A program may write frames of its own on its call socket, with what `sandbox_wire` never sends.
+OWN_FRAME = r'''
+import marshal, stat
+def send_own_frame(message, version):
+    body = marshal.dumps(message, version)
+    fd = next(fd for fd in range(3, 256) if _is_socket(fd))
+    os.write(fd, len(body).to_bytes(8, "little") + body)
+def _is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+'''
+
+
+def test_a_small_frame_cannot_hold_a_huge_value(isolation):
+    """marshal's back-references (version 3 on) let a 15 kB frame hold a list of 1000 references to one 10 kB
+    string: 10 MB of text once the judge walks it (and more for longer lists). The judge refuses it."""
+    program = TOOLS + OWN_FRAME + "def answer(s):\n    send_own_frame(('ret', ['x' * 10_000] * 1000), 4)\n    return s\n"
+    (verdict,) = run_jobs([_functional(program)])
+    assert verdict.status == "error" and "back-references" in verdict.detail, verdict
+
+
+def test_a_reply_cannot_take_the_hosts_memory_in_the_judge(isolation):
+    """8M references to one empty dict cost the program 64 MB and its reply frame 16 MB, and would decode in
+    the judge to 8M dicts (over 1 GB): a job's judge may grow by about the program's own memory limit only."""
+    job = Job("def rev(s):\n    return [{}] * 8_000_000\n", FunctionalTest([[i] for i in INPUTS], EXPECTED), "rev",
+              Limits(timeout=8.0, memory_mb=256))
+    after = _functional(CORRECT)
+    verdicts = run_jobs([job, after], workers=1)
+    assert verdicts[0].status == "error" and verdicts[0].detail.startswith("judge: MemoryError"), verdicts[0]
+    assert verdicts[1].passed, verdicts[1]  # and the worker goes on judging

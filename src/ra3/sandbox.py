@@ -20,7 +20,8 @@ Judge modes (`Verdict.judge`)
   trusted setup (HumanEval's prompt, for helpers such as `poly`) run in the judge; each name the tests
   use and do not define (the entry point, MBPP's `Pair`/`Node` classes) is fetched from the program's
   process: a plain value as itself, anything else as a proxy whose calls, attribute reads and writes
-  run in the program and answer with plain values or proxies. A proxy equals only itself.
+  run in the program and answer with plain values or proxies. A proxy equals only itself. A standard
+  library module the tests use (Mbpp/596's `sys`) is the judge's own, never the program's copy.
 - `judge-process/stdio` (LiveCodeBench stdin, Codeforces): the program runs as a script once per stdin
   inside the sandbox; its stdout comes back and is compared token-wise in the judge.
 
@@ -28,7 +29,8 @@ What is covered (each line has a test in tests/test_sandbox.py or tests/test_san
 - A program cannot make the judge's comparison lie: rebinding builtins or `math`/`cmath`, reading frames
   or `gc`, a lying `__eq__`/`__hash__` (also on int/str/list subclasses: their base values are what cross),
   `sys.settrace`, writing forged frames or lines on every descriptor (or dup2-ing over them), reading
-  other processes' memory or ptrace-attaching them: all fail, in every judge mode and both isolation
+  other processes' memory or ptrace-attaching them, patching a module the tests read from the program,
+  raising StopIteration into test code that iterates: all fail, in every judge mode and both isolation
   modes, and the correct program still passes. The expected outputs never enter the sandbox.
 - A verdict is accepted once, from the judge we started: the parent reads the judge's channel with
   SO_PASSCRED, and a byte from any other process, a verdict carrying another job's nonce, or a second
@@ -37,7 +39,8 @@ What is covered (each line has a test in tests/test_sandbox.py or tests/test_san
 - Wall-clock timeout enforced by the parent with SIGKILL of the worker (a fresh one takes the next job);
   CPU-time, address-space, file-size, open-file, message-queue and process-count limits set before the
   program runs; stdout/stderr capped; each reply from the program's process is capped (256 MB) before
-  the judge reads it.
+  the judge reads it, and refused if it holds more text than its frame (marshal's back-references);
+  while it judges a job, the judge's address space may grow by the job's memory limit and two replies.
 - With bubblewrap: new user, PID, network, IPC, UTS and cgroup namespaces; all capabilities dropped;
   the host filesystem read-only; the only writable place a private, size-capped tmpfs that is the working
   directory, HOME and TMPDIR; /dev (and /dev/shm) read-only; no network; the parent's and the judge's
@@ -54,13 +57,18 @@ What is covered (each line has a test in tests/test_sandbox.py or tests/test_san
   running refuses with a one-line `SandboxError` naming the fix (bubblewrap, or RA3_SANDBOX_PYTHON).
 
 What is not covered
+- A test that reads from the program a name that is not a standard library module (a third-party module,
+  a helper) gets the program's object, which the program controls; a program helper named like a
+  standard library module is not reached (the judge's module is bound instead). Besides entry points,
+  HumanEval's and MBPP's tests read only `Node`, `Pair`, `sort_list_last` (Mbpp/896) and `sys` (Mbpp/596).
 - Tests the proxy cannot express as written: a test that inspects an argument after the call (the
   program gets a copy; mutations are not seen), passes a callable to the program (an error), reads what
   the program printed, iterates, indexes, takes len() or str() of a program object, or compares one by
   value. The HumanEval (164) and MBPP tests (974 + sanitized) do none of these (surveyed); MBPP 367, 601
   and 927 build program objects (`Node`, `Pair`) and set their attributes, which proxies do.
-- A program's exceptions reach the test code as the built-in exception of the same name (others as
-  `ProgramError`), with the message text only.
+- A program's exceptions reach the test code as the built-in exception of the same name (others, and
+  StopIteration, which would end a map() in the test code early, as `ProgramError`), with the message
+  text only.
 - A job's memory is a copy of the program server's, which may hold earlier jobs' programs (never tests).
   A stdio program runs as a child of its job's executor, which it can read (same uid, dumpable): that
   holds the job's stdin cases, never the expected outputs.

@@ -4,17 +4,17 @@
 
 This side holds no test, no expected output and no verdict: the judge (`sandbox_judge.py`, a process
 outside the sandbox) holds those. The judge sends each job on CTL_FD (a socket pair; never fd 0:
-bubblewrap's pid 1 keeps its stdin open): an 8-byte length with one file descriptor attached (SCM_RIGHTS),
-the job's own *call socket*, then a marshalled dict with mode, program, entry_point and limits. We fork a
-child (the *executor*) that closes CTL_FD, sets the job's resource limits, runs the program and then
-answers the judge's requests on the call socket with plain values (`sandbox_wire`): call a name or a
-handle, get or set an attribute, map the entry point over inputs, or run the program as a script on each
-stdin. When the judge has its verdict it sends one byte on CTL_FD; we kill every process of the job
+bubblewrap's pid 1 keeps its stdin open): a dict with mode, program, entry_point and limits, with the
+job's own *call socket* attached (`sandbox_wire.receive_job`). We fork a child (the *executor*) that
+closes CTL_FD, sets the job's resource limits, runs the program and then answers the judge's requests on
+the call socket with plain values (`sandbox_wire`): call a name or a handle, get or set an attribute, map
+the entry point over inputs, or run the program as a script on each stdin. When the judge has its
+verdict it sends one byte on CTL_FD; we kill every process of the job
 (inside a PID namespace, every process but us; in limits-only mode, the child's process group and, as
 root, every other member of the worker's cgroup CGROUP_PROCS), empty the scratch directory, remove SysV
 IPC objects and /dev/shm files the job made, check that the job left nothing we cannot undo, and answer
-`fin <exit code of the child> ready|restart`. After `restart` we exit and the parent starts a fresh
-sandbox.
+with a frame `("fin", exit code of the child, ready)`. When not ready we exit and the parent starts a
+fresh sandbox.
 
 UID (limits-only mode, started as root): before the first job we drop to that unprivileged uid and gid,
 with no supplementary groups, an empty capability bounding set and no_new_privs; we refuse to serve if
@@ -30,7 +30,6 @@ environment (not `-I`: it would ignore PYTHONHASHSEED). `random` and `tempfile` 
 import contextlib
 import ctypes
 import hashlib
-import marshal
 import math
 import os
 import resource
@@ -40,19 +39,14 @@ import sys
 import time
 from builtins import (  # noqa: UP029 - bound at import: see the docstring
     BaseException,
-    Ellipsis,
     KeyError,
     NameError,
     RecursionError,
     ValueError,
-    bytes,
-    complex,
     dict,
     float,
-    frozenset,
     getattr,
     int,
-    isinstance,
     len,
     list,
     open,
@@ -93,29 +87,6 @@ def _set_limits(limits: dict) -> None:
 
 # --------------------------------------------------------------------------- the executor (one job)
 
-def _export(value, handles: list, depth: int = 0):
-    """`value` as plain data for the judge: subclasses of plain types become their base values, numpy
-    scalars their Python values, anything else a handle (Ellipsis, n) to `handles[n]`."""
-    kind = type(value)
-    if kind in wire.SCALARS:
-        return value
-    if depth > wire.MAX_DEPTH:
-        raise ValueError("output nested too deeply to send")
-    for base, exact in ((int, int.__int__), (float, float.__float__), (str, str.__str__), (bytes, bytes.__bytes__),
-                        (complex, complex.__complex__)):
-        if isinstance(value, base):
-            return exact(value)
-    if isinstance(value, dict):
-        return {_export(k, handles, depth + 1): _export(v, handles, depth + 1) for k, v in dict.items(value)}
-    for base in (list, tuple, set, frozenset):
-        if isinstance(value, base):
-            return base(_export(v, handles, depth + 1) for v in base.__iter__(value))
-    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-        return _export(value.item(), handles, depth + 1)
-    handles.append(value)
-    return (Ellipsis, len(handles) - 1)
-
-
 def _exc(e: BaseException) -> tuple:
     try:
         text = str(e)[:300]
@@ -130,7 +101,7 @@ def _send(sock: socket.socket, reply: tuple, handles: list) -> None:
         data = wire.frame(reply)
     except ValueError:
         try:
-            data = wire.frame((reply[0], _export(reply[1], handles)))
+            data = wire.frame((reply[0], wire.export(reply[1], handles)))
         except (ValueError, RecursionError) as e:
             data = wire.frame(_exc(e))
     sock.sendall(data)
@@ -355,18 +326,6 @@ def _drop_privileges(uid: int, libc) -> None:
         raise SystemExit(f"ra3 sandbox harness: could not drop to uid {uid} without capabilities")
 
 
-def _read_job(ctl: socket.socket) -> tuple[dict, int] | None:
-    """The next job and its call socket from the judge, or None when it has hung up."""
-    head, fds, _, _ = socket.recv_fds(ctl, wire.HEADER, 1)
-    if not head:
-        return None
-    if len(fds) != 1:
-        raise SystemExit("ra3 sandbox harness: a job came without its call socket")
-    rest = wire.read_exactly(ctl.recv, wire.HEADER - len(head)) if len(head) < wire.HEADER else b""
-    body = wire.read_exactly(ctl.recv, int.from_bytes(head + (rest or b""), "little"))
-    return (marshal.loads(body), fds[0]) if body is not None else None
-
-
 def serve(ctl_fd: int, namespaced: bool, uid: int | None, cgroup_procs: str = "") -> None:
     """Run jobs from the judge one at a time, each in a forked child, until the judge hangs up."""
     if namespaced and os.getpid() > 3:
@@ -378,8 +337,7 @@ def serve(ctl_fd: int, namespaced: bool, uid: int | None, cgroup_procs: str = ""
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no job may ptrace us or open /proc/<us>/fd, mem or environ
     if namespaced:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come to us, so we can reap them all
-    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-        sys.path.pop(0)  # the program must not import ra3's modules by their bare names
+    wire.forget_siblings()  # the program must not import ra3's modules by their bare names
     devnull = os.open(os.devnull, os.O_RDONLY)  # the parent gives us /dev/null already; make sure of it
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -387,7 +345,7 @@ def serve(ctl_fd: int, namespaced: bool, uid: int | None, cgroup_procs: str = ""
     scratch, baseline = os.getcwd(), _state()
     mode = os.stat(scratch).st_mode & 0o7777
     ipc_before = set() if (namespaced or uid is not None) else _shared_memory(False)
-    while (received := _read_job(ctl)) is not None:
+    while (received := wire.receive_job(ctl)) is not None:
         job, call_fd = received
         for name in _MODE_IMPORTS.get(job["mode"], ()):
             __import__(name)
@@ -399,8 +357,9 @@ def serve(ctl_fd: int, namespaced: bool, uid: int | None, cgroup_procs: str = ""
         stop = ctl.recv(1)  # the judge has its verdict (or has hung up: end the job all the same)
         code = _end_job(child, namespaced, cgroup_procs)
         clean = _clean(scratch, mode, baseline, namespaced, ipc_before, libc)
-        ctl.sendall(f"fin {code} {'ready' if clean and stop else 'restart'}\n".encode())
-        if not (clean and stop):
+        ready = clean and stop != b""
+        ctl.sendall(wire.frame(("fin", code, ready)))
+        if not ready:
             return
 
 

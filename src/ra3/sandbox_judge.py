@@ -3,49 +3,51 @@
     python -s -B sandbox_judge.py --serve PARENT_FD SANDBOX_FD
 
 It holds everything a program must not reach: the tests, the expected outputs, the comparison and the
-verdict. For each job from the parent (PARENT_FD, a socket pair: 8-byte length, marshalled dict with nonce,
+verdict. For each job from the parent (PARENT_FD, a socket pair: one frame, a marshalled dict with nonce,
 mode, program, tests, entry_point, limits) it makes a fresh *call socket* pair, sends the program (never
 the tests) and one end of that pair to the program's server in the sandbox (SANDBOX_FD), and judges the
 program through the other end:
 
 - functional: the entry point is mapped over the inputs in the program's process; each output comes back
-  as plain values (`sandbox_wire`) and is compared here, type-first, with EvalPlus's float tolerance or
-  the test's special oracle (trusted code run here);
+  as plain values (`sandbox_wire`) and is compared here (`sandbox_compare`), type-first, with EvalPlus's
+  float tolerance or the test's special oracle (trusted code run here);
 - script (HumanEval `check`, MBPP asserts): the test code, and its trusted setup (HumanEval's prompt and
   its helpers), run *here*, in a fresh namespace, with every name the tests use that they do not define
   themselves (the entry point first) bound to what the program's process has under that name: a plain
   value, or a proxy (`Remote`) whose calls, attribute reads and writes go to the program and come back as
-  plain values or further proxies;
+  plain values or further proxies (a standard library module is our own, never the program's copy);
 - stdio: the program runs once per stdin in the sandbox; its stdout comes back and is compared token-wise.
 
 We send the parent progress (`ok` with the count of passed cases, at most every 10 ms) and exactly one
 `verdict` frame carrying the job's nonce, then tell the sandbox to end the job (one byte), read its `fin`
-and pass it on. We are not dumpable. (A judge child forked per job would keep test code's side effects
-out of the next job, but costs a fork and two relayed frames per verdict; the namespace is fresh and the
-recursion limit restored instead.)
+and pass it on. We are not dumpable. While judging a job our address space may grow by the program's own
+memory limit and two replies (`_limit_memory`): no frame a program sends can make us take the host's
+memory. (A judge child forked per job would keep test code's side effects out of the next job, but costs a
+fork and two relayed frames per verdict; the namespace is fresh and the recursion limit restored instead.)
 
-Standard library only, no import of `ra3`: the file runs as a script, importing only its sibling
-`sandbox_wire`.
+Standard library only, no import of `ra3`: the file runs as a script, importing only its siblings
+`sandbox_wire` and `sandbox_compare`.
 """
 
 import ast
 import builtins
+import contextlib
 import ctypes
 import marshal
-import math
-import os
+import resource
 import signal
 import socket
 import sys
 import time
 
-import sandbox_wire as wire  # the sibling module; sys.path[0] is this file's directory until `serve` pops it
+import sandbox_compare as compare  # siblings; sys.path[0] is this file's directory until `serve` pops it
+import sandbox_wire as wire
 
 PR_SET_DUMPABLE = 4
-_PLAIN_KEYS = (int, bool, str, bytes, type(None), float)
 _MODE_IMPORTS = {"functional": ("cmath",), "script": ("copy",)}
 REPLY_CAP = {"record": 1 << 34}  # bytes of one reply from the program's process, by mode
 DEFAULT_REPLY_CAP = 256 << 20
+_ITERATION_ENDS = (StopIteration, StopAsyncIteration)  # a program's, raised here, become ProgramError
 
 
 class ProgramGone(Exception):
@@ -53,7 +55,8 @@ class ProgramGone(Exception):
 
 
 class ProgramError(Exception):
-    """The program raised an exception that is not one of Python's built-in exceptions."""
+    """The program raised an exception that is not one of Python's built-in exceptions, or that would end
+    the test code's iteration instead of failing it (StopIteration inside map() ends the map early)."""
 
 
 class Remote:
@@ -121,7 +124,7 @@ class Program:
         """The next reply, type-checked; ProgramGone if there is none or it is malformed."""
         try:
             body = wire.read_frame(self.sock.recv, self.cap)
-            reply = None if body is None else wire.checked(wire.loads(body), self._handle)
+            reply = None if body is None else wire.decode(body, self._handle)
         except (OSError, wire.WireError) as e:
             raise ProgramGone(f"bad reply from the program: {e}") from None
         self.gone = reply is None
@@ -142,101 +145,23 @@ class Program:
             return reply[1]
         if reply[0] == "exc" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
             kind = getattr(builtins, reply[1], None)
-            if isinstance(kind, type) and issubclass(kind, Exception):
+            if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, _ITERATION_ENDS):
                 raise kind(reply[2])
             raise ProgramError(f"{reply[1]}: {reply[2]}")
         raise ProgramGone("malformed reply from the program")
 
-    def ready(self) -> str:
-        """'' once the program has run; else why it did not."""
+    def ready(self) -> None:
+        """Return once the program has run; else ProgramGone, saying why it did not."""
         try:
             reply = self.receive()
             if reply != ("ready",):
                 self.result(reply)
         except Exception as e:  # noqa: BLE001 - the program's exception, as text
-            return _one_line(e)
-        return ""
+            raise ProgramGone(_one_line(e)) from None
 
 
 def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-
-
-# --------------------------------------------------------------------------- comparing plain values
-
-def _plain_key(value) -> bool:
-    """A dict key or set element of plain type (tuples of them too)."""
-    if type(value) is tuple:
-        return all(_plain_key(v) for v in value)
-    return type(value) in _PLAIN_KEYS
-
-
-def make_equal(atol: float):
-    """Value equality on plain values, type-first: floats and complex within rel 1e-7 / `atol`, 2.0 for 2."""
-    import cmath
-
-    isclose, isnan = math.isclose, math.isnan
-
-    def equal(out, exp) -> bool:
-        if type(exp) is float:
-            if type(out) not in (float, int):
-                return False
-            if isnan(exp) or isnan(out):
-                return isnan(exp) and isnan(out)
-            return isclose(out, exp, rel_tol=1e-7, abs_tol=atol)
-        if type(exp) is complex:
-            if type(out) not in (complex, float, int):
-                return False
-            if cmath.isnan(exp) or cmath.isnan(out):
-                return cmath.isnan(exp) and cmath.isnan(out)
-            return cmath.isclose(out, exp, rel_tol=1e-7, abs_tol=atol)
-        if type(exp) in (list, tuple):
-            return (type(out) is type(exp) and len(out) == len(exp)
-                    and all(equal(o, e) for o, e in zip(out, exp, strict=True)))
-        if type(exp) is dict:
-            return (type(out) is dict and len(out) == len(exp)
-                    and all(_plain_key(k) and k in exp and equal(v, exp[k]) for k, v in out.items()))
-        if type(exp) in (set, frozenset):
-            return type(out) is type(exp) and all(_plain_key(v) for v in out) and out == exp
-        if type(exp) in (int, bool) and type(out) in (int, bool, float):
-            return out == exp  # EvalPlus and LiveCodeBench accept 2.0 for 2
-        return type(out) is type(exp) and type(exp) in wire.SCALARS and out == exp
-
-    return equal
-
-
-def _oracle(tests: dict):
-    """The comparison of a functional test: its trusted oracle source, else `make_equal(atol)`."""
-    equal, atol = make_equal(tests["atol"]), tests["atol"]
-    if not tests.get("oracle"):
-        return lambda out, exp, args: equal(out, exp)
-    namespace: dict = {"__name__": "__ra3_oracle__"}
-    exec(compile(tests["oracle"], "<oracle>", "exec"), namespace)
-    check = namespace["oracle"]
-
-    def judged(out, exp, args) -> bool:
-        try:
-            return check(out, exp, args, atol) is True
-        except Exception:  # noqa: BLE001 - an output the oracle cannot handle is a wrong output
-            return False
-
-    return judged
-
-
-def _same_tokens(out: str, exp: str) -> bool:
-    """Whitespace-separated tokens equal, numbers within 1e-6 (LiveCodeBench, Codeforces)."""
-    a, b = out.split(), exp.split()
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x == y:
-            continue
-        try:
-            if not math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6):
-                return False
-        except ValueError:
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------- the test modes
@@ -244,11 +169,9 @@ def _same_tokens(out: str, exp: str) -> bool:
 def _run_functional(job: dict, program: Program, report) -> tuple:
     """Map the entry point over the inputs in the program's process; compare here; stop at the first miss."""
     tests = job["tests"]
-    compare, record = _oracle(tests), job["mode"] == "record"
+    right, record = compare.functional(tests), job["mode"] == "record"
     program.send(("map", job["entry_point"], tests["inputs"], bool(tests.get("digest"))))  # queued behind `ready`
-    why = program.ready()
-    if why:
-        return 0, 0, "error", why
+    program.ready()
     outputs = []
     for i, args in enumerate(tests["inputs"]):
         reply = program.receive()
@@ -258,7 +181,7 @@ def _run_functional(job: dict, program: Program, report) -> tuple:
             return i + 1, i, "error", f"input #{i}: {_one_line(e)}"
         if record:
             outputs.append(wire.plain(out))
-        elif not compare(out, tests["outputs"][i], args):
+        elif not right(out, tests["outputs"][i], args):
             return i + 1, i, "fail", f"input #{i}: wrong output {repr(out)[:120]}"
         report(i)
     n = len(tests["inputs"])
@@ -286,20 +209,18 @@ def _names(setup: str, code: str) -> list[str]:
 def _run_script(job: dict, program: Program, report) -> tuple:
     """The test code runs here, its free names bound to the program's values and proxies."""
     tests = job["tests"]
-    namespace = {"__name__": "__ra3_tests__", "__builtins__": builtins}
-    why = program.ready()
-    if why:
-        return 0, 0, "error", why
+    namespace, entry = {"__name__": "__ra3_tests__", "__builtins__": builtins}, job["entry_point"]
+    program.ready()
     try:
         exec(compile(tests.get("setup", ""), "<setup>", "exec"), namespace)  # trusted: HumanEval's prompt
-        for name in [job["entry_point"], *_names(tests.get("setup", ""), tests["code"])]:
-            if not name or (name in namespace and name != job["entry_point"]):
+        for name in [entry, *_names(tests.get("setup", ""), tests["code"])]:
+            if not name or (name in namespace and name != entry):
                 continue
-            try:
+            if name in sys.stdlib_module_names and name != entry:  # ours: the program may patch its own copy
+                namespace[name] = __import__(name)  # (Mbpp/596 reads `sys`, which only the program imports)
+                continue
+            with contextlib.suppress(NameError):  # what the program lacks stays unbound: the tests will say
                 namespace[name] = program.request(("get", name))
-            except NameError:
-                if name in sys.stdlib_module_names:  # a module the tests use and the program imported
-                    namespace[name] = __import__(name)
         exec(compile(tests["code"], "<tests>", "exec"), namespace)
     except AssertionError as e:
         return 1, 0, "fail", _one_line(e) if str(e) else "AssertionError"
@@ -312,9 +233,7 @@ def _run_stdio(job: dict, program: Program, report) -> tuple:
     """The program ran once per stdin in the sandbox; its stdout is compared token-wise here."""
     tests = job["tests"]
     program.send(("stdio", tests["inputs"]))
-    why = program.ready()
-    if why:
-        return 0, 0, "error", why
+    program.ready()
     for i, expected in enumerate(tests["outputs"]):
         reply = program.receive()
         if len(reply) != 3 or reply[0] != "out" or type(reply[2]) is not bytes:
@@ -323,7 +242,7 @@ def _run_stdio(job: dict, program: Program, report) -> tuple:
             return i + 1, i, "error", f"case #{i}: time limit"
         if reply[1] != 0:
             return i + 1, i, "error", f"case #{i}: exit status {reply[1]}"
-        if not _same_tokens(reply[2].decode(errors="replace"), expected):
+        if not compare.same_tokens(reply[2].decode(errors="replace"), expected):
             return i + 1, i, "fail", f"case #{i}: wrong output"
         report(i)
     n = len(tests["inputs"])
@@ -349,9 +268,21 @@ class _Progress:
             self.last = now
 
 
+def _limit_memory(memory_mb: int, reply_cap: int) -> None:
+    """Let this job grow our address space by its program's own memory limit and two replies (one being read,
+    one decoded), and no more: decoding multiplies a frame's size (an empty dict, 2 bytes in a frame, takes
+    some 150 bytes here), so a program could otherwise make us take far more memory than it may itself."""
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * resource.getpagesize()
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    soft = size + (memory_mb << 20) + 2 * reply_cap
+    resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
 def _run(job: dict, program: Program, report) -> tuple:
     """The job's verdict (run, passed, status, detail), whatever the program or the tests do."""
-    limit = sys.getrecursionlimit()
+    limit, address_space = sys.getrecursionlimit(), resource.getrlimit(resource.RLIMIT_AS)
+    _limit_memory(job["limits"]["memory_mb"], program.cap)
     try:
         return RUNNERS[job["mode"]](job, program, report)
     except ProgramGone as e:
@@ -360,16 +291,15 @@ def _run(job: dict, program: Program, report) -> tuple:
         return (0, 0, "error", f"judge: {_one_line(e)}")
     finally:
         sys.setrecursionlimit(limit)  # trusted test code may have changed it; the next job gets ours
+        resource.setrlimit(resource.RLIMIT_AS, address_space)
 
 
 def _judge(job: dict, nonce: str, parent: socket.socket, sandbox: socket.socket) -> tuple | None:
     """Send the program to the sandbox, judge it here, send the parent the verdict, end the job in the
     sandbox; the `fin` frame for the parent (None if the sandbox is gone)."""
     mine, theirs = socket.socketpair()
-    payload = marshal.dumps({k: job[k] for k in ("mode", "program", "entry_point", "limits")})
     try:
-        socket.send_fds(sandbox, [len(payload).to_bytes(wire.HEADER, "little")], [theirs.fileno()])
-        sandbox.sendall(payload)
+        wire.send_job(sandbox, {k: job[k] for k in ("mode", "program", "entry_point", "limits")}, theirs.fileno())
     except OSError:
         return None
     finally:
@@ -380,24 +310,20 @@ def _judge(job: dict, nonce: str, parent: socket.socket, sandbox: socket.socket)
     if not program.gone:  # the verdict first: a sandbox that does not end the job cannot hold it back
         parent.sendall(wire.frame(("verdict", nonce, *result)))
     sandbox.sendall(b"s")  # the verdict is in: the sandbox may end the job
-    fin = b""
-    while not fin.endswith(b"\n"):
-        chunk = sandbox.recv(64)
-        if not chunk:
-            return None
-        fin += chunk
-    code = int(fin.split()[1])
+    fin = wire.read_frame(sandbox.recv, 64)
+    if fin is None:
+        return None
+    _, code, ready = wire.loads(fin)
     if program.gone:  # the program's process ended early: say how
         how = f"killed by signal {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit status {code}"
         parent.sendall(wire.frame(("verdict", nonce, *result[:3], f"{result[3]} ({how})")))
-    return ("fin", nonce, code, fin.split()[2] == b"ready")
+    return ("fin", nonce, code, ready)
 
 
 def serve(parent_fd: int, sandbox_fd: int) -> None:
     """Judge jobs from the parent one at a time until it hangs up (or the sandbox asks for a restart)."""
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # nothing of the job's may ptrace or read us
-    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-        sys.path.pop(0)
+    wire.forget_siblings()
     parent, sandbox = socket.socket(fileno=parent_fd), socket.socket(fileno=sandbox_fd)
     while (body := wire.read_frame(parent.recv, 1 << 40)) is not None:
         job = marshal.loads(body)

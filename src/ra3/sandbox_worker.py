@@ -31,6 +31,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ra3 import sandbox_wire as wire
+
 logger = logging.getLogger(__name__)
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
 JUDGE = Path(__file__).with_name("sandbox_judge.py")
@@ -40,6 +42,7 @@ _PIDS_CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 SANDBOX_UID_BASE = 0x3A300000
 _uids = itertools.count()
 _UCRED = struct.Struct("3i")
+_JUDGE_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # its hashing stays random
 
 
 class SandboxError(RuntimeError):
@@ -119,8 +122,9 @@ def _unprivileged_uid() -> int:
 
 
 def _environment(workdir: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-            "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    """The program server's environment: the judge's, a home and a temporary directory, fixed hashing."""
+    return {**_JUDGE_ENVIRONMENT, "HOME": workdir, "TMPDIR": workdir, "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 class Cgroup:
@@ -175,6 +179,7 @@ class Outcome:
     """What the parent saw of one job: the judge's frames, the program's output, and how it ended."""
 
     isolation: tuple[str, ...]
+    max_output: int = 0  # bytes kept of stdout, and of stderr
     ok_cases: int = 0
     final: tuple | None = None  # the judge's verdict: (run, passed, status, detail)
     forged: str = ""  # why the verdict channel cannot be trusted for this job
@@ -233,7 +238,7 @@ class Worker:
                 self.judge = subprocess.Popen(
                     [sys.executable, "-s", "-B", str(JUDGE), "--serve", *map(str, fds)], stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=fds, cwd="/",
-                    env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True)
+                    env=_JUDGE_ENVIRONMENT, start_new_session=True)
             finally:
                 for end in (judge_end, judge_sbx, server_end):
                     end.close()
@@ -256,23 +261,19 @@ class Worker:
         nonce = secrets.token_hex(16)
         body = marshal.dumps({"nonce": nonce, "mode": mode, "program": job.program, "tests": tests,
                               "entry_point": job.entry_point, "limits": limits})
-        caps = {"stdout": limits["max_output_kb"] << 10, "stderr": limits["max_output_kb"] << 10,
-                "channel": 1 << 40}
-        outcome = Outcome(self.isolation)
-        fin = self._exchange(len(body).to_bytes(8, "little") + body, nonce, outcome, caps, deadline)
+        outcome = Outcome(self.isolation, max_output=limits["max_output_kb"] << 10)
+        fin = self._exchange(wire.framed(body), nonce, outcome, deadline)
         if fin is not None and fin[1]:
-            self._drain(outcome, caps)  # the job's processes are dead: this is all there is
+            self._drain(outcome)  # the job's processes are dead: this is all there is
         else:  # past the deadline, the worker gone, or a restart asked for: the worker goes
-            outcome.returncode = self._stop(outcome, caps, grace=0.0 if outcome.timed_out else 0.5)
+            outcome.returncode = self._stop(outcome, grace=0.0 if outcome.timed_out else 0.5)
         return outcome
 
     def _frames(self, outcome: Outcome, nonce: str) -> tuple | None:
         """Take the complete frames off the channel buffer; the `fin` frame's (code, ready) once seen."""
-        buf, fin = outcome.channel, None
-        while len(buf) >= 8 and len(buf) >= 8 + int.from_bytes(buf[:8], "little"):
-            size = int.from_bytes(buf[:8], "little")
-            message = marshal.loads(bytes(buf[8:8 + size]))  # the judge's own frame (its pid was checked)
-            del buf[:8 + size]
+        fin = None
+        while (body := wire.take_frame(outcome.channel)) is not None:
+            message = marshal.loads(body)  # the judge's own frame (its pid was checked)
             if message[1] != nonce:
                 outcome.forged = outcome.forged or "a verdict frame of another job"
             elif message[0] == "ok":  # cases passed so far (sent at most every 10 ms)
@@ -302,12 +303,10 @@ class Worker:
         outcome.channel.extend(data)
         return True
 
-    def _exchange(self, message: bytes, nonce: str, outcome: Outcome, caps: dict[str, int],
-                  deadline: float) -> tuple | None:
+    def _exchange(self, message: bytes, nonce: str, outcome: Outcome, deadline: float) -> tuple | None:
         """Send the job; collect output and the judge's frames until its `fin` (returned: code, ready),
         the deadline or the judge's end (None)."""
         try:  # the judge reads whole jobs while idle: no deadlock
-            self.channel.setblocking(True)
             self.channel.settimeout(max(deadline - time.monotonic(), 1e-3))
             self.channel.sendall(message)
         except TimeoutError:
@@ -329,20 +328,19 @@ class Worker:
                     fin = self._frames(outcome, nonce)
                     if fin is not None:
                         return fin
-                elif _read(key.fd, getattr(outcome, key.data), caps[key.data]) == b"":
+                elif _read(key.fd, getattr(outcome, key.data), outcome.max_output) == b"":
                     self.selector.unregister(key.fileobj)  # the program server is gone; the judge will say
 
-    def _drain(self, outcome: Outcome, caps: dict[str, int]) -> None:
+    def _drain(self, outcome: Outcome) -> None:
         """Read what is already in the program's output pipes (at most 1 MiB each), without waiting."""
         for key in list(self.selector.get_map().values()):
             if key.data == "channel":
                 continue
             for _ in range(16):
-                if not _read(key.fd, getattr(outcome, key.data), caps[key.data]):
+                if not _read(key.fd, getattr(outcome, key.data), outcome.max_output):
                     break
 
-    def _stop(self, outcome: Outcome | None = None, caps: dict[str, int] | None = None,
-              grace: float = 0.0) -> int | None:
+    def _stop(self, outcome: Outcome | None = None, grace: float = 0.0) -> int | None:
         """End the worker: after `grace` seconds for the sandbox to exit by itself, SIGKILL both process
         groups (bwrap's death takes its PID namespace with it); keep what it wrote; release the rest."""
         for proc in (self.proc, self.judge):
@@ -354,8 +352,8 @@ class Worker:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if outcome is not None and caps is not None and self.selector is not None:
-            self._drain(outcome, caps)
+        if outcome is not None and self.selector is not None:
+            self._drain(outcome)
         code = self.proc.returncode if self.proc is not None else None
         self._release()
         return code
