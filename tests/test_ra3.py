@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM
 from ra3.estep import EStep, EStepConfig, load_demos
 from ra3.estep import run as run_estep
 from ra3.estep_metrics import governed_lines, states_detail
-from ra3.latents import Annotation, Encoder, Temperatures, action_logprobs, decision_logq, render, score
+from ra3.latent_policy import action_logprobs, decision_logq
+from ra3.latents import Annotation, Encoder, Temperatures, score
 from ra3.models import causal_logits
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -63,9 +64,11 @@ def ra3_args(model: Path, data: Path, out: Path) -> list[str]:
             "--switch-cost", "0.0", "--seed", "3"]
 
 
-def test_rendered_annotations_are_valid_python_and_keep_the_code(toy_demos):
+def test_rendered_annotations_are_valid_python_and_keep_the_code(tiny_model, toy_demos):
+    from ra3.models import load_tokenizer
+
     demo = load_demos(toy_demos)[0]
-    text = demo.prompt + render(demo, {0: "make the list", 2: "add  k\tto x"})
+    text = demo.prompt + Encoder(load_tokenizer(tiny_model), [demo]).render(0, {0: "make the list", 2: "add  k\tto x"})
     ast.parse(text)
     lines = text.splitlines()
     assert lines[1] == "    # make the list" and lines[4] == "        # add k to x"

@@ -49,16 +49,8 @@ from ra3.config import Config, ConfigError, option, save_config
 from ra3.demonstrations import read_demonstrations
 from ra3.estep_metrics import rollout_metrics
 from ra3.files import atomic_write_text, provenance, write_jsonl
-from ra3.latents import (
-    Annotation,
-    Encoder,
-    Temperatures,
-    action_logprobs,
-    render,
-    sample_annotations,
-    score,
-    split_demo,
-)
+from ra3.latent_policy import action_logprobs, sample_annotations
+from ra3.latents import Annotation, Encoder, Temperatures, score, split_demo
 from ra3.models import load_pretrained
 from ra3.objectives import (
     KEEP,
@@ -158,7 +150,8 @@ class EStep:
         self.enc = Encoder(self.tokenizer, demos)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * self.rank)
         self.compute = {"tokens_forward": 0, "tokens_backward": 0, "tokens_generated": 0}
-        self._plain = torch.full((len(demos), max(len(d.lines) for d in demos)), float("nan"))  # (D, T)
+        steps = max(len(d.lines) for d in self.enc.demos)  # (unit pieces can merge lines into one step)
+        self._plain = torch.full((len(demos), steps), float("nan"))  # (D, T)
 
     def plain_logp(self, rows: list[int]) -> torch.Tensor:
         """log p(a_t | x, a_<t) per line of the annotation-free traces of `rows`, (N, T); each demonstration
@@ -272,7 +265,7 @@ def bootstrap_records(step: EStep, ro: Rollouts, rng: random.Random) -> list[tup
         ann, r = (Annotation(), 0.0) if k < 0 else (ro.annotations[b * g + k], reward[b * g + k].item())
         d = ro.rows[b * g]
         demo, texts = step.enc.demos[d], ann.texts()
-        out.append((d, {"task_id": demo.task_id, "prompt": demo.prompt, "completion": render(demo, texts),
+        out.append((d, {"task_id": demo.task_id, "prompt": demo.prompt, "completion": step.enc.render(d, texts),
                         "reward": round(r, 4), "n_rationales": len(texts),
                         "rationales": {str(t): s for t, s in texts.items()}}))
     return out

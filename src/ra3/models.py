@@ -4,16 +4,23 @@ A component (imported by stages, never importing one). Every stage that turns te
 scores tokens does it here, so that training, the E-step's reward and generation agree on one
 tokenisation and one definition of log p_θ.
 
-Line-level encoding. Text is encoded line by line (`encode_lines`): the ids of a line depend on that
-line alone, so inserting a rationale comment line never changes the ids of the code lines around it
-(RA3's likelihood term compares code tokens with and without rationales). The tokenizer that
-`train_tokenizer` builds guarantees the same for its own `encode(text)`: its pre-tokenizer makes every
-"\\n" a token of its own, so no token crosses a newline and HF/vLLM prompts encode exactly as `encode`.
-For other tokenizers, `encodes_line_by_line` tells whether their whole-text encoding agrees.
+Encoding in pieces. RA3's likelihood term compares the expert code's tokens with and without rationales,
+so a text is encoded as a sequence of *pieces* whose ids depend on the piece alone: inserting a
+rationale piece never changes the ids of the code around it. Where a piece ends depends on the tokenizer
+(`pieces`), chosen so that the pieces' ids, concatenated, are the tokenizer's own whole-text encoding:
+- Line pieces: every line with its "\\n". The tokenizer that `train_tokenizer` builds makes every "\\n" a
+  token of its own, so no token crosses a line end (`line_level`).
+- Unit pieces, for pretrained BPE tokenizers (GPT-2, Llama 3, SmolLM2, Qwen) whose pre-tokenizer glues a
+  line end to the next line's indentation ('):', '\\n   ', ' y'): a piece ends right after the last
+  non-blank character of a line, so each piece is "the blank run before a line (trailing spaces, line
+  ends, blank lines, its indentation) + the line's text". These tokenizers split a text before every
+  whitespace run, so the pieces' ids are the whole-text ids (974 of 974 MBPP solutions, BENCHMARKS.md).
+`encode` is the concatenation, and the one text -> ids map of training, scoring and generation.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -96,16 +103,46 @@ def split_lines(text: str) -> list[str]:
     return re.findall(r"[^\n]*\n|[^\n]+", text)
 
 
-def encode_lines(tokenizer: PreTrainedTokenizerBase, text: str) -> list[list[int]]:
-    """Token ids of each line of `text`, each line encoded on its own (no special tokens)."""
-    lines = split_lines(text)
-    return tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []
+UNIT_END = re.compile(r"\S(?=[ \t]*\n)")  # the last non-blank character of a line: a unit piece ends after it
+# A text with what unit pieces must get right: trailing spaces, a blank line, indentation, a bracket
+# continued on the next line, a comment.
+_PROBE = "def f(x):  \n    if x:\n\n        return [x,\n  1]  # one\n\treturn 0\n"
+
+
+def split_units(text: str) -> list[str]:
+    """`text` cut right after the last non-blank character of every line: each piece but the first starts
+    with the blank run before a line's text (its line end and indentation); "".join(result) == text."""
+    cuts = [0, *(m.end() for m in UNIT_END.finditer(text)), len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+@functools.cache
+def line_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `tokenizer` never merges across a line end (then pieces are lines, else units)."""
+    return encodes_line_by_line(tokenizer, _PROBE)
+
+
+def pieces(tokenizer: PreTrainedTokenizerBase, text: str) -> list[str]:
+    """`text` cut where `tokenizer` never merges: lines (`line_level`), else units (`split_units`)."""
+    return split_lines(text) if line_level(tokenizer) else split_units(text)
+
+
+def encode_pieces(tokenizer: PreTrainedTokenizerBase, text: str) -> list[list[int]]:
+    """Token ids of each piece of `text`, each piece encoded on its own (no special tokens)."""
+    parts = pieces(tokenizer, text)
+    return tokenizer(parts, add_special_tokens=False)["input_ids"] if parts else []
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> list[int]:
-    """The project's one text → ids map: the tokenizer's special prefix (e.g. BOS) + line-level ids."""
+    """The project's one text → ids map: the tokenizer's special prefix (e.g. BOS) + the pieces' ids."""
     prefix = special_prefix(tokenizer) if add_special_tokens else []
-    return prefix + [i for line in encode_lines(tokenizer, text) for i in line]
+    return prefix + [i for piece in encode_pieces(tokenizer, text) for i in piece]
+
+
+def encodes_as_a_whole(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether `encode` gives the tokenizer's own whole-text ids for `text` (what TRL and vLLM feed the
+    model when they are handed text)."""
+    return encode(tokenizer, text, False) == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -114,12 +151,11 @@ def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def encodes_line_by_line(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
-    """Whether the tokenizer's whole-text encoding of `text` equals `encode` (no token crosses a newline).
-
-    Always true for `train_tokenizer`'s tokenizers. Where it is false (e.g. a GPT-2 or Qwen tokenizer glues
-    "\\n" to the next line's indentation), pass `encode`'s ids to generation rather than the text.
-    """
-    return tokenizer(text, add_special_tokens=False)["input_ids"] == encode(tokenizer, text, False)
+    """Whether the tokenizer's whole-text encoding of `text` equals its lines' encodings joined (no token
+    crosses a line end). Always true for `train_tokenizer`'s tokenizers; false for GPT-2-like BPEs."""
+    lines = split_lines(text)
+    joined = [i for ids in tokenizer(lines, add_special_tokens=False)["input_ids"] for i in ids] if lines else []
+    return tokenizer(text, add_special_tokens=False)["input_ids"] == joined
 
 
 # ---------------------------------------------------------------------------------------------------------

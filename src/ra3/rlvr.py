@@ -55,7 +55,7 @@ from ra3.benchmarks import Problem
 from ra3.benchmarks.rl_tasks import load_task_set
 from ra3.config import Config, ConfigError, option, save_config
 from ra3.files import DataError, atomic_write_text, provenance, read_jsonl, write_jsonl
-from ra3.models import encodes_line_by_line, load_pretrained, save_pretrained
+from ra3.models import encodes_as_a_whole, load_pretrained, save_pretrained
 from ra3.ntp_trainer import last_complete_checkpoint, remove_incomplete_checkpoints
 from ra3.rewards import VerifierReward
 from ra3.rlvr_eval import SPLIT, Curves, PolicyEval, RLVRCallback, StepClock, mean, pass_counts
@@ -192,9 +192,9 @@ def _build_trainer(cfg: RLVRConfig, tasks: Sequence[Problem], eval_tasks: Sequen
 
     model, tokenizer = load_pretrained(cfg.model, dtype=torch.float32)
     tokenizer.clean_up_tokenization_spaces = False  # TRL decodes rewarded text with it: never rewrite code
-    if not encodes_line_by_line(tokenizer, tasks[0].prompt):
+    if not encodes_as_a_whole(tokenizer, tasks[0].prompt):
         logger.warning("TRL encodes prompts as whole text, which for this tokenizer differs from the "
-                       "line-level `models.encode` that mid-training and evaluation use")
+                       "piecewise `models.encode` that mid-training and evaluation use")
     body_only = all(stop_rule(p.prompt) is stop_completion for p in tasks)
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in tasks], "task_id": [p.task_id for p in tasks]})
     tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.out_dir) / "tb")))

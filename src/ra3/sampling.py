@@ -17,8 +17,9 @@ on the decoded text; during generation the same rule also ends a row early (HF: 
 vLLM: the rule's stop strings), so no compute is spent past it.
 
 Tokenisation. Prompt ids are `models.encode(tokenizer, prompt)`, the one text -> ids map that training and
-scoring use; for tokenizers whose whole-text encoding differs (`models.encodes_line_by_line`), generation
-therefore sees the prompt exactly as mid-training did. vLLM is given the same ids, never the text.
+scoring use (piecewise; for the tokenizers ra3 knows, equal to the tokenizer's whole-text ids,
+`models.encodes_as_a_whole`), so generation sees the prompt exactly as mid-training did. vLLM is given the
+same ids, never the text.
 
 Determinism. With `seed` given, batch b (its first row r) samples under `torch.manual_seed(mix(seed, r))`
 in a forked RNG: the same seed, prompts and batch size give the same completions, and the caller's random
