@@ -151,6 +151,26 @@ def test_shipped_base_matches_its_manifest_and_refuses_another_world(tmp_path):
     assert not (tmp_path / "base").exists()
 
 
+def test_smollm2_study_plans_import_corpus_and_greedy_evaluation_only():
+    """configs/smollm2.yaml: the corpus and the import are steps of the plan, the arms start from the import
+    and train on the corpus, and only greedy pass@1 of the four classic benchmarks follows (no RLVR)."""
+    cfg = parse_config(demo.DemoConfig, ["--config", str(ROOT / "configs" / "smollm2.yaml")])
+    steps, base = demo.plan(cfg)
+    study = layout.Study(cfg.out_dir)
+    assert [s.name for s in steps[:2]] == ["corpus", "import-model"] and base == str(layout.model_dir(study.base))
+    assert steps[0].cfg.out_dir == study.corpus and steps[1].cfg.out_dir == Path(base)
+    trained = [s for s in steps if s.trains]
+    assert [s.name for s in trained] == ["ntp s0", "ra3 s0"]
+    assert all(s.cfg.model == base and s.cfg.data == layout.corpus_demos(study.corpus) for s in trained)
+    evaluated = [s for s in steps if s.stage == ["evaluate"]]
+    assert {(s.cfg.benchmark, s.output.name.split("-")[-1]) for s in evaluated} == {
+        (b, "greedy_metrics.json") for b in ("humaneval", "humaneval_plus", "mbpp_sanitized", "mbpp_plus")}
+    assert len(evaluated) == 4 * 3  # base, NTP, RA3
+    assert all(s.cfg.limit == 0 for s in steps if s.stage == ["generate"])  # the full benchmarks
+    with pytest.raises(ConfigError, match="exclude each other"):
+        parse_config(demo.DemoConfig, ["--config", str(ROOT / "configs" / "smollm2.yaml"), "--base-model", "x"])
+
+
 def test_realscale_config_dry_runs_with_a_tiny_model(tiny_model, toy_demos, tmp_path, capsys):
     dataset = tmp_path / "hf-demos"
     dataset.mkdir()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+from ra3 import layout
 from ra3.benchmarks.classic import load_humaneval, mbpp_evaluation_ids, mbpp_prompt
 from ra3.benchmarks.problem import MBPP_SPLITS, data_file
 from ra3.config import Config, ConfigError, config_to_dict, option
@@ -336,9 +337,9 @@ class BenchmarkIndex:
 def _complete(out: Path, cfg: CorpusConfig) -> bool:
     """A corpus with this config was written here and demos.jsonl is unchanged since."""
     try:
-        written = json.loads((out / "corpus.json").read_text())
+        written = json.loads(layout.corpus_record(out).read_text())
         return (written["config"] == config_to_dict(cfg)
-                and written["provenance"]["data_sha256"]["demos"] == file_sha256(out / "demos.jsonl"))
+                and written["provenance"]["data_sha256"]["demos"] == file_sha256(layout.corpus_demos(out)))
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return False
 
@@ -365,7 +366,7 @@ def run(cfg: CorpusConfig) -> Path:
     clean, contamination = index.decontaminate(unique, cfg.contamination_threshold)
     keep = random.Random(cfg.seed).sample(range(len(clean)), min(cfg.max_demos or len(clean), len(clean)))
     demos = [clean[i] for i in sorted(keep)]
-    write_jsonl(out / "demos.jsonl", demos)
+    write_jsonl(layout.corpus_demos(out), demos)
     size = {"demos": len(demos), "completion_lines": sum(d["completion"].count("\n") for d in demos),
             "completion_chars": sum(len(d["completion"]) for d in demos), "prompt_chars": sum(len(d["prompt"])
             for d in demos), "per_source": dict(sorted(Counter(d["source"] for d in demos).items()))}
@@ -374,9 +375,9 @@ def run(cfg: CorpusConfig) -> Path:
                "counts": {k: dict(sorted(v.items())) for k, v in counts.items()}, "candidates": len(candidates),
                "duplicates": duplicates, "contamination": contamination, "benchmark_items": index.stats,
                "max_demos_dropped": len(clean) - len(demos), "size": size, "wall_s": round(time.time() - start, 2),
-               "provenance": provenance(cfg.seed, demos=out / "demos.jsonl",
+               "provenance": provenance(cfg.seed, demos=layout.corpus_demos(out),
                                         **{k: data_file(k) for k in BENCHMARKS})}
-    atomic_write_text(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(layout.corpus_record(out), json.dumps(summary, indent=2) + "\n")
     logger.info("corpus: %d demonstrations (%d candidates, %d duplicates, %d contaminated) in %.1f s", len(demos),
                 len(candidates), sum(duplicates.values()), contamination["dropped"], summary["wall_s"])
     return out

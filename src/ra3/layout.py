@@ -6,6 +6,7 @@ lives here once; writers and readers ask for it instead of keeping their own cop
     <stage out_dir>/   model/ (HF model dir)  compute.json (cost; written last, so it marks the stage done)
                        config.yaml (the resolved config)  checkpoints/
     <world dir>/       pretrain.jsonl  demos.jsonl  rl_tasks.jsonl  eval_tasks.jsonl  world.json
+    <corpus dir>/      demos.jsonl  corpus.json
     <EM out_dir>/      iter<i>/demos.jsonl (the iteration's shard)  iter<i>/estep/  iter<i>/mstep/  summary.json
     <E-step out_dir>/  annotations.jsonl (the M-step's traces)  metrics.jsonl  heldout.jsonl
     <RLVR out_dir>/    curves.csv  curves.jsonl  task_filter.jsonl
@@ -57,6 +58,16 @@ def world_file(world_dir: Path, part: str) -> Path:
 def world_record(world_dir: Path) -> Path:
     """world.json: the world's config, statistics and the hashes of its files."""
     return Path(world_dir) / "world.json"
+
+
+def corpus_demos(corpus_dir: Path) -> Path:
+    """The demonstrations `ra3 corpus` builds from source trees."""
+    return Path(corpus_dir) / "demos.jsonl"
+
+
+def corpus_record(corpus_dir: Path) -> Path:
+    """corpus.json: every count of the build; written last, so its presence means the corpus is built."""
+    return Path(corpus_dir) / "corpus.json"
 
 
 # --------------------------------------------------------------------------- RA3: the EM loop and the E-step
@@ -150,6 +161,7 @@ class Study:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.world, self.init, self.base = self.root / "world", self.root / "init", self.root / "base"
+        self.corpus = self.root / "corpus"
         self.config, self.environment = config_file(self.root), self.root / "environment.json"
         self.timings, self.configs = self.root / "timings.json", self.root / "configs"
 
