@@ -115,6 +115,11 @@ def test_mbpp_splits_and_prompt():
     assert p.prompt == ('"""\nWrite a python function to remove first and last occurrence of a given character '
                         'from the string.\nassert remove_Occ("hello","l") == "heo"\n"""\n')
     assert isinstance(p.tests, ScriptTest) and p.tests.code.count("assert ") == 3
+    # the entry point is a function the asserts call, not one whose name ends another's (`last` in
+    # `sort_list_last(`); every MBPP task has one
+    everything = {q.task_id: q for q in load_benchmark("mbpp", split="all")}
+    assert everything["Mbpp/896"].entry_point == "sort_list_last"
+    assert all(q.entry_point and f"{q.entry_point}(" in q.tests.code for q in everything.values())
 
 
 def test_humaneval_canonical_solutions_all_pass():

@@ -294,6 +294,7 @@ def test_save_pretrained_replaces_atomically(model_dir, tokenizer, tmp_path):
     out = save_pretrained(model, tokenizer, tmp_path / "m", {"note.txt": "first"})
     save_pretrained(model, tokenizer, out, {"note.txt": "second"})
     assert (out / "note.txt").read_text() == "second"
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}  # artifacts are for anyone to read
     with pytest.raises(FileNotFoundError):  # a failure mid-write (a file in a missing folder) ...
         save_pretrained(model, tokenizer, out, {"missing/note.txt": "third"})
     assert (out / "note.txt").read_text() == "second"  # ... leaves the previous directory whole

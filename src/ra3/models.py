@@ -262,6 +262,9 @@ def publish_model_dir(staging: str | Path, tokenizer: PreTrainedTokenizerBase, o
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
         os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; a model directory is for everyone to read
+        for path in staging.iterdir():  # and transformers writes its weights owner-only
+            if path.is_file():
+                os.chmod(path, 0o644)
         old = staging.with_suffix(".old")
         if out.exists():
             out.rename(old)

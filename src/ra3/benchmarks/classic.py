@@ -53,7 +53,8 @@ def _mbpp_split(task_id: int, split: str, where: str) -> bool:
 def _mbpp_problem(task_id: int, text: str, code: str, setup: str, asserts: list[str], source: str,
                   split: str) -> Problem:
     tests = "\n".join(asserts)
-    entry = next((f for f in re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.MULTILINE) if f + "(" in tests), "")
+    called = set(re.findall(r"(?<![\w.])(\w+)\s*\(", tests))  # names the asserts call (not `sort_list_last`'s `last`)
+    entry = next((f for f in re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.MULTILINE) if f in called), "")
     return Problem(f"Mbpp/{task_id}", mbpp_prompt(text, asserts[0]), entry, ScriptTest(f"{setup}\n{tests}\n"),
                    MBPP_TIMEOUT, metadata={"source": source, "split": split, "canonical_solution": code})
 
