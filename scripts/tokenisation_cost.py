@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from ra3.benchmarks import load_mbpp
+from ra3.benchmarks import load_humaneval, load_mbpp
 from ra3.models import encode, load_pretrained, pad_rows, special_prefix, split_lines, token_logprobs
 
 
@@ -60,6 +60,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="MBPP train solutions (ids 601-974) to score")
     args = parser.parse_args()
     model, tok = load_pretrained(args.model, dtype=torch.float32)
+    texts = [t for p in load_mbpp(split="all") + load_humaneval()
+             for t in (p.prompt, p.prompt + p.metadata["canonical_solution"])]
+    same = sum(encode(tok, t, False) == tok(t, add_special_tokens=False)["input_ids"] for t in texts)
+    print(f"models.encode (unit pieces) = the tokenizer's whole-text ids for {same} of {len(texts)} MBPP and "
+          "HumanEval prompts and prompt + solution texts")
     problems = load_mbpp(split="train")[:args.limit]
     result = nll_per_char(model.eval(), tok, problems)
     agree = sum(encodings(tok, p.prompt, p.metadata["canonical_solution"])["whole text"][0]
