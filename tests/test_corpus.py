@@ -89,7 +89,7 @@ def shares():
 
 
 def probe(xs):
-    {TQ}Has a comment that reads like the rationale probe.{TQ}
+    {TQ}Has a comment that reads like the E-step's rationale probe (the expert's own comment: kept).{TQ}
     # x is the running maximum
     x = xs[0]
     for v in xs:
@@ -169,17 +169,17 @@ def test_tree_counts_and_records(tree, tmp_path):
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["counts"]["tree"] == {
         "files_seen": 6, "files_parsed": 4, "files_failed_parse": 1, "files_failed_decode": 1,
-        "functions_seen": 20, "nested": 1, "extracted": 8, "no_docstring": 2, "trivial_body": 1, "too_short": 1,
-        "too_long": 1, "unindentable": 1, "docstring_shares_line": 1, "probe_comment": 1, "long_line": 1,
+        "functions_seen": 20, "nested": 1, "extracted": 9, "no_docstring": 2, "trivial_body": 1, "too_short": 1,
+        "too_long": 1, "unindentable": 1, "docstring_shares_line": 1, "long_line": 1,
         "non_ascii": 1, "control_chars": 1}
-    assert summary["candidates"] == 8 and summary["duplicates"] == {"exact": 1, "body": 1}
+    assert summary["candidates"] == 9 and summary["duplicates"] == {"exact": 1, "body": 1}
     contamination = summary["contamination"]
     assert contamination["dropped"] == 1
     assert contamination["by_benchmark"] == {"humaneval": 1, "humaneval_plus": 1}
     assert contamination["dropped_list"][0]["task_id"] == "tree/contaminated.py:has_close_elements"
     demos = read_jsonl(out / "demos.jsonl")
     assert [d["task_id"] for d in demos] == ["tree/latin.py:hello", "tree/mod_a.py:total", "tree/mod_a.py:squares",
-                                             "tree/mod_a.py:outer", "tree/mod_a.py:Stack.push"]
+                                             "tree/mod_a.py:outer", "tree/mod_a.py:Stack.push", "tree/mod_a.py:probe"]
     by_id = {d["task_id"]: d for d in demos}
     push = by_id["tree/mod_a.py:Stack.push"]
     assert push["prompt"] == f'def push(self, item):\n    {TQ}Put item on top.{TQ}\n'
@@ -187,9 +187,9 @@ def test_tree_counts_and_records(tree, tmp_path):
     assert by_id["tree/mod_a.py:total"]["completion"].startswith("    # start from zero\n    out = 0\n")
     assert by_id["tree/mod_a.py:squares"]["prompt"].startswith("@functools.lru_cache(maxsize=None)\ndef squares(n):")
     assert "café" in by_id["tree/latin.py:hello"]["prompt"]
-    assert summary["size"] == {"demos": 5, "completion_lines": sum(d["completion"].count("\n") for d in demos),
+    assert summary["size"] == {"demos": 6, "completion_lines": sum(d["completion"].count("\n") for d in demos),
                                "completion_chars": sum(len(d["completion"]) for d in demos),
-                               "prompt_chars": sum(len(d["prompt"]) for d in demos), "per_source": {"tree": 5}}
+                               "prompt_chars": sum(len(d["prompt"]) for d in demos), "per_source": {"tree": 6}}
     for d in demos:
         assert d["source"] == "tree" and d["completion"].endswith("\n") and d["prompt"].endswith("\n")
         compile(d["prompt"] + d["completion"], d["task_id"], "exec")

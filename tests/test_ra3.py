@@ -257,3 +257,22 @@ def test_two_processes_annotate_every_demo_once_with_identical_replicas(commenti
     curves = {k: [json.loads(line)["update"] for line in (v / "heldout.jsonl").read_text().splitlines()]
               for k, v in outs.items()}
     assert curves["one"] == curves["two"] == [0, 2, 4]
+
+
+def test_the_experts_own_comments_are_no_decision_points(tiny_model):
+    """A code line that is itself a comment (even one reading like the probe `# x`) is kept as code, with no
+    rationale decision before it: sampling draws none there and the action layout has none."""
+    from ra3.latent_policy import sample_annotations
+    from ra3.latents import split_demo
+    from ra3.models import load_pretrained
+
+    model, tokenizer = load_pretrained(tiny_model)
+    demo = split_demo("c", "def f(xs):\n", "    # x is the running total\n    out = 0\n    # add them\n"
+                      "    for x in xs:\n        out += x\n    return out\n")
+    enc = Encoder(tokenizer, [demo])
+    assert [enc.decides(0, t) for t in range(len(demo.lines))] == [False, True, False, True, True, True]
+    assert enc.sequence(0, Annotation()).decision_pos[0] == -1
+    with pytest.raises(ValueError, match="expert's comment"):
+        enc.rationale(0, 2, "no")
+    annotations, _ = sample_annotations(model, enc, [0] * 8, Temperatures(1.0, 1.0), 4, torch.Generator().manual_seed(0))
+    assert all(set(a.rationales) | set(a.continue_logq) == {1, 3, 4, 5} for a in annotations)  # each decided once

@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 BENCHMARKS = ("humaneval", "humaneval_plus", "mbpp", "mbpp_sanitized", "mbpp_plus")
 MAX_FILE_BYTES = 2 << 20  # larger .py files are generated tables, not expert code
 _BAD_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")  # C0 but tab/newline, DEL, splitlines breaks
-# latents.Encoder probes each line with the comment "<indent># x": a code comment starting so cannot be told apart
-_PROBE_CLASH = re.compile(r"^[ \t]*# x", re.MULTILINE)
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 Def = ast.FunctionDef | ast.AsyncFunctionDef
@@ -176,8 +174,7 @@ def check(prompt: str, completion: str, cfg: CorpusConfig) -> str | None:
               else "prompt_too_long" if prompt.count("\n") > cfg.max_prompt_lines
               else "long_line" if max(map(len, text.split("\n"))) > cfg.max_line_chars
               else "non_ascii" if sum(not c.isascii() for c in text) > cfg.max_non_ascii * len(text)
-              else "control_chars" if _BAD_CHARS.search(text)
-              else "probe_comment" if _PROBE_CLASH.search(completion) else None)
+              else "control_chars" if _BAD_CHARS.search(text) else None)
     if reason is None:
         try:
             ast.parse(text)
