@@ -24,6 +24,7 @@ from ra3.models import (
     line_level,
     load_pretrained,
     pieces,
+    prompt_to_continue,
     save_pretrained,
     score_segments,
     segment_logprobs,
@@ -194,6 +195,14 @@ def gpt2_like() -> PreTrainedTokenizerFast:
     tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(
         vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_a_prompts_final_line_end_is_healed_only_for_unit_pieces(tokenizer):
+    prompt = 'def f(x):\n    """Twice x."""\n'
+    assert prompt_to_continue(gpt2_like(), prompt) == ('def f(x):\n    """Twice x."""', "\n")
+    assert prompt_to_continue(gpt2_like(), "x = 1  \n\n") == ("x = 1", "  \n\n")
+    assert prompt_to_continue(gpt2_like(), "def f(x):") == ("def f(x):", "")  # no line end to heal
+    assert prompt_to_continue(tokenizer, prompt) == (prompt, "")  # line pieces: the prompt as it is
 
 
 def test_unit_pieces_are_the_whole_text_encoding_and_survive_an_inserted_comment():

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ra3.models import UNIT_END, encode, line_level, pad_rows, split_lines, split_units, token_logprobs
+from ra3.models import encode, line_level, pad_rows, split_lines, split_units, token_logprobs, unit_cut
 from ra3.rationales import indent_of, insert_rationales, rationale_line
 
 
@@ -112,8 +112,7 @@ def unit_demo(demo: Demo) -> Demo:
     final blank run closes the last step; a plan's
     line starts become the steps that hold those lines' first non-blank characters."""
     text = demo.prompt + "".join(demo.lines)
-    core = len(demo.prompt.rstrip())
-    cut = core if core and UNIT_END.match(text, core - 1) else len(demo.prompt)
+    cut = unit_cut(demo.prompt, "".join(demo.lines))
     steps = split_units(text[cut:])
     if len(steps) > 1 and steps[-1].isspace():  # the final line end closes the last step
         steps[-2:] = [steps[-2] + steps[-1]]

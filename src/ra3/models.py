@@ -116,6 +116,24 @@ def split_units(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
+def unit_cut(prompt: str, following: str = "\n") -> int:
+    """Where the unit piece holding the end of `prompt` ends when `following` comes after it: right after the
+    prompt's last non-blank character if a line end comes next (the blank run then opens the next piece),
+    else at the prompt's end."""
+    core = len(prompt.rstrip())
+    return core if core and UNIT_END.match(prompt + following, core - 1) else len(prompt)
+
+
+def prompt_to_continue(tokenizer: PreTrainedTokenizerBase, prompt: str) -> tuple[str, str]:
+    """(head, tail): the text to feed the model so that it continues `prompt`, and the blank run it must
+    write first (token healing). With unit pieces a prompt's trailing line end is one token with the next
+    line's indentation in every text the model learnt from ('\\n   '), so ending the ids at a lone '\\n'
+    leaves it where it rarely was; it continues from the last non-blank character instead, and the
+    completion is what it writes after `tail`. Line pieces: (prompt, "")."""
+    cut = len(prompt) if line_level(tokenizer) else unit_cut(prompt)
+    return (prompt[:cut], prompt[cut:]) if "\n" in prompt[cut:] else (prompt, "")
+
+
 @functools.cache
 def line_level(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether `tokenizer` never merges across a line end (then pieces are lines, else units)."""

@@ -18,8 +18,10 @@ vLLM: the rule's stop strings), so no compute is spent past it.
 
 Tokenisation. Prompt ids are `models.encode(tokenizer, prompt)`, the one text -> ids map that training and
 scoring use (piecewise; for the tokenizers ra3 knows, equal to the tokenizer's whole-text ids,
-`models.encodes_as_a_whole`), so generation sees the prompt exactly as mid-training did. vLLM is given the
-same ids, never the text.
+`models.encodes_as_a_whole`), so generation sees the prompt exactly as mid-training did. With unit pieces a
+prompt's final line end is healed (`models.prompt_to_continue`): the model continues from the prompt's last
+non-blank character and the completion is what it writes after that line end. vLLM is given the same ids,
+never the text.
 
 Determinism. With `seed` given, batch b (its first row r) samples under `torch.manual_seed(mix(seed, r))`
 in a forked RNG: the same seed, prompts and batch size give the same completions, and the caller's random
@@ -40,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from ra3.models import encode, pad_rows
+from ra3.models import encode, pad_rows, prompt_to_continue
 
 StopRule = Callable[[str], str]  # completion text -> the prefix to keep
 
@@ -107,14 +109,21 @@ def _check(n: int, temperature: float, top_p: float, max_new_tokens: int, batch_
 # --------------------------------------------------------------------------- HF transformers
 
 
+def _after(text: str, tail: str) -> str:
+    """The completion a continuation of a healed prompt makes: `text` after the prompt's `tail`."""
+    return text[len(tail):] if text.startswith(tail) else text
+
+
 class _StopWhenCut(StoppingCriteria):
     """Ends each row once its stop rule cuts the row's decoded completion (HF then pads finished rows)."""
 
-    def __init__(self, decode: Callable[[torch.Tensor], str], rules: Sequence[StopRule], width: int):
-        self.decode, self.rules, self.width = decode, rules, width
+    def __init__(self, decode: Callable[[torch.Tensor], str], rules: Sequence[StopRule], tails: Sequence[str],
+                 width: int):
+        self.decode, self.rules, self.tails, self.width = decode, rules, tails, width
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        texts = [self.decode(row[self.width:]) for row in input_ids]  # the completions so far
+        texts = [_after(self.decode(row[self.width:]), tail)  # the completions so far
+                 for row, tail in zip(input_ids, self.tails, strict=True)]
         done = [len(rule(text)) < len(text) for rule, text in zip(self.rules, texts, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # (B,)
 
@@ -128,8 +137,9 @@ def _sampling_kwargs(temperature: float, top_p: float) -> dict:
 
 
 def _generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[list[int]],
-                    rules: Sequence[StopRule], max_new_tokens: int, sampling: dict) -> list[str]:
-    """One `model.generate` call on left-padded prompt ids; returns each row's completion, stop rule applied."""
+                    rules: Sequence[StopRule], tails: Sequence[str], max_new_tokens: int, sampling: dict) -> list[str]:
+    """One `model.generate` call on left-padded prompt ids; returns each row's completion (after its prompt's
+    healed `tail`), stop rule applied."""
     ids = pad_rows(rows, tokenizer.pad_token_id, side="left").to(model.device)  # (B, T)
     mask = pad_rows([[1] * len(r) for r in rows], 0, side="left").to(model.device)  # (B, T)
     width = ids.shape[1]
@@ -140,9 +150,9 @@ def _generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         stopping_criteria=StoppingCriteriaList([_StopWhenCut(decode, rules, width)]),
+                         stopping_criteria=StoppingCriteriaList([_StopWhenCut(decode, rules, tails, width)]),
                          **sampling)  # (B, T + new)
-    return [rule(decode(row[width:])) for rule, row in zip(rules, out, strict=True)]
+    return [rule(_after(decode(row[width:]), tail)) for rule, tail, row in zip(rules, tails, out, strict=True)]
 
 
 @torch.no_grad()
@@ -158,7 +168,8 @@ def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     """
     _check(n, temperature, top_p, max_new_tokens, batch_size)
     rules = _rules(prompts, stop)
-    prompt_ids = [encode(tokenizer, p) for p in prompts]
+    heads, tails = zip(*(prompt_to_continue(tokenizer, p) for p in prompts), strict=True) if prompts else ((), ())
+    prompt_ids = [encode(tokenizer, h) for h in heads]
     rows = [i for i in range(len(prompts)) for _ in range(n)]  # row -> prompt index, in (i, j) order
     sampling = _sampling_kwargs(temperature, top_p)
     texts: list[str] = []
@@ -169,7 +180,7 @@ def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
             if seed is not None:
                 torch.manual_seed(_mix(seed, start))
             texts += _generate_batch(model, tokenizer, [prompt_ids[i] for i in batch], [rules[i] for i in batch],
-                                     max_new_tokens, sampling)
+                                     [tails[i] for i in batch], max_new_tokens, sampling)
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
@@ -204,7 +215,8 @@ def vllm_completions(model_dir: str | Path, tokenizer: PreTrainedTokenizerBase, 
                              skip_special_tokens=True)
               for i, rule in enumerate(rules)]
     llm = LLM(model=str(model_dir), seed=seed, dtype="auto")
-    requests = [{"prompt_token_ids": encode(tokenizer, p)} for p in prompts]
+    heads, tails = zip(*(prompt_to_continue(tokenizer, p) for p in prompts), strict=True) if prompts else ((), ())
+    requests = [{"prompt_token_ids": encode(tokenizer, h)} for h in heads]
     outputs = llm.generate(requests, params)
-    return [[rule(c.text) for c in sorted(out.outputs, key=lambda c: c.index)]
-            for rule, out in zip(rules, outputs, strict=True)]
+    return [[rule(_after(c.text, tail)) for c in sorted(out.outputs, key=lambda c: c.index)]
+            for rule, tail, out in zip(rules, tails, outputs, strict=True)]
