@@ -1,5 +1,6 @@
-"""Latent actions over expert traces (a component): annotations, their token sequences, sampling them
-from the latent policy q, and scoring them with the frozen model p (method.md §2-4).
+"""Latent actions over expert traces (a component): demonstrations cut into steps, annotations, their token
+sequences, and scoring them with the frozen model p (method.md §2-4); sampling them from the latent policy
+q is `latent_policy`'s.
 
 A demonstration is a prompt x and code lines a_1..a_T; a step is one line *(ours, method.md §2)*, encoded
 as one piece (`models.pieces`): the line with its line end for ra3's own tokenizers, the blank run before
@@ -25,9 +26,6 @@ token is the rationale's last token; for unit pieces the line end opens the next
 rationale's last action is that piece's first token (e.g. '\\n   '), which is scored as code. While the
 text is sampled every other token holding a line end is masked (`Encoder.line_end_ids`), in sampling and in
 `latent_policy.action_logprobs` alike: q is the model restricted to one well-formed comment line.
-
-This module holds the representation (demonstrations, annotations, their id sequences) and scoring with
-p; `latent_policy` holds q: sampling annotations and the log-probs of its actions.
 """
 
 from __future__ import annotations
@@ -109,8 +107,8 @@ def unit_indent(step: str) -> str:
 def unit_demo(demo: Demo) -> Demo:
     """`demo` re-cut into unit steps (`models.split_units`). The prompt ends at its last non-blank character
     when a line end follows it (its line end opens the first step), as the whole text's tokens do, and the
-    final blank run closes the last step; a plan's
-    line starts become the steps that hold those lines' first non-blank characters."""
+    final blank run closes the last step; a plan's line starts become the steps that hold those lines'
+    first non-blank characters."""
     text = demo.prompt + "".join(demo.lines)
     cut = unit_cut(demo.prompt, "".join(demo.lines))
     steps = split_units(text[cut:])
@@ -125,6 +123,7 @@ def unit_demo(demo: Demo) -> Demo:
 
     return Demo(demo.task_id, text[:cut], tuple(steps), tuple(step_of(s) for s in demo.plan_starts),
                 demo.plan_names, demo.plan_details, demo.plan_params)
+
 
 class Encoder:
     """Turns demonstrations and their annotations into id sequences for one tokenizer. For a tokenizer

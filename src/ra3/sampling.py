@@ -109,6 +109,13 @@ def _check(n: int, temperature: float, top_p: float, max_new_tokens: int, batch_
 # --------------------------------------------------------------------------- HF transformers
 
 
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> tuple[list[list[int]], list[str]]:
+    """Per prompt, the ids the model continues from and the healed tail it writes first
+    (`models.prompt_to_continue`); one preparation for the HF and the vLLM paths."""
+    healed = [prompt_to_continue(tokenizer, p) for p in prompts]
+    return [encode(tokenizer, head) for head, _ in healed], [tail for _, tail in healed]
+
+
 def _after(text: str, tail: str) -> str:
     """The completion a continuation of a healed prompt makes: `text` after the prompt's `tail`."""
     return text[len(tail):] if text.startswith(tail) else text
@@ -168,8 +175,7 @@ def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     """
     _check(n, temperature, top_p, max_new_tokens, batch_size)
     rules = _rules(prompts, stop)
-    heads, tails = zip(*(prompt_to_continue(tokenizer, p) for p in prompts), strict=True) if prompts else ((), ())
-    prompt_ids = [encode(tokenizer, h) for h in heads]
+    prompt_ids, tails = _prompt_ids(tokenizer, prompts)
     rows = [i for i in range(len(prompts)) for _ in range(n)]  # row -> prompt index, in (i, j) order
     sampling = _sampling_kwargs(temperature, top_p)
     texts: list[str] = []
@@ -215,8 +221,8 @@ def vllm_completions(model_dir: str | Path, tokenizer: PreTrainedTokenizerBase, 
                              skip_special_tokens=True)
               for i, rule in enumerate(rules)]
     llm = LLM(model=str(model_dir), seed=seed, dtype="auto")
-    heads, tails = zip(*(prompt_to_continue(tokenizer, p) for p in prompts), strict=True) if prompts else ((), ())
-    requests = [{"prompt_token_ids": encode(tokenizer, h)} for h in heads]
+    prompt_ids, tails = _prompt_ids(tokenizer, prompts)
+    requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
     outputs = llm.generate(requests, params)
     return [[rule(_after(c.text, tail)) for c in sorted(out.outputs, key=lambda c: c.index)]
             for rule, tail, out in zip(rules, tails, outputs, strict=True)]
