@@ -434,6 +434,12 @@ def test_stdio_programs_run_as_scripts(run):
     assert run(Job(program, StdioTest(["3\n", "5\n"], ["6\n", "10"]), limits=FAST)).status == "pass"
     assert run(Job(program, StdioTest(["3\n"], ["7"]), limits=FAST)).status == "fail"
     assert run(Job("print(0.3333333)", StdioTest([""], ["0.33333333"]), limits=FAST)).status == "pass"
+    # an expected integer is matched exactly: no relative tolerance, no float rounding above 2**53
+    expected = ["1000000007 12345678901234567 3\n"]
+    for printed, status in (("1000000008 12345678901234567 3", "fail"), ("1000000007 12345678901234568 3", "fail"),
+                            ("1000000007 12345678901234567 3.0000019", "fail"),
+                            ("1000000007 12345678901234567 3.0", "pass")):
+        assert run(Job(f"print({printed!r})", StdioTest([""], expected), limits=FAST)).status == status, printed
 
 
 def test_empty_test_suite_is_not_a_pass(run):

@@ -23,7 +23,7 @@ Judge modes (`Verdict.judge`)
   run in the program and answer with plain values or proxies. A proxy equals only itself. A standard
   library module the tests use (Mbpp/596's `sys`) is the judge's own, never the program's copy.
 - `judge-process/stdio` (LiveCodeBench stdin, Codeforces): the program runs as a script once per stdin
-  inside the sandbox; its stdout comes back and is compared token-wise in the judge.
+  inside the sandbox; its stdout comes back and is compared token-wise in the judge (an expected integer exactly, other numbers within 1e-6).
 
 What is covered (each line has a test in tests/test_sandbox.py or tests/test_sandbox_attacks.py)
 - A program cannot make the judge's comparison lie: rebinding builtins or `math`/`cmath`, reading frames

@@ -6,7 +6,9 @@ comparison here is the judge's own code: a program object cannot take part in on
 """
 
 import math
+import re
 from collections.abc import Callable
+from decimal import Decimal
 
 import sandbox_wire as wire  # the sibling module, as in `sandbox_judge.py`
 
@@ -73,17 +75,22 @@ def functional(tests: dict) -> Callable[[object, object, list], bool]:
     return judged
 
 
-def same_tokens(out: str, exp: str) -> bool:
-    """Whitespace-separated tokens equal, numbers within 1e-6 (LiveCodeBench, Codeforces)."""
-    a, b = out.split(), exp.split()
-    if len(a) != len(b):
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def same_number(out: str, exp: str) -> bool:
+    """An expected integer token is matched exactly, as a number (`3.0` for `3`, never `1000000008` for
+    `1000000007`: a relative tolerance, or float's 53 bits, would let wrong integers through); any other
+    number within 1e-6, relative or absolute (LiveCodeBench compares numbers as decimals)."""
+    try:
+        if _INTEGER.fullmatch(exp):
+            return Decimal(out) == Decimal(exp)
+        return math.isclose(float(out), float(exp), rel_tol=1e-6, abs_tol=1e-6)
+    except (ValueError, ArithmeticError):  # not a number (decimal's InvalidOperation is an ArithmeticError)
         return False
-    for x, y in zip(a, b, strict=True):
-        if x == y:
-            continue
-        try:
-            if not math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6):
-                return False
-        except ValueError:
-            return False
-    return True
+
+
+def same_tokens(out: str, exp: str) -> bool:
+    """Whitespace-separated tokens equal, numbers as `same_number` says (LiveCodeBench, Codeforces)."""
+    a, b = out.split(), exp.split()
+    return len(a) == len(b) and all(x == y or same_number(x, y) for x, y in zip(a, b, strict=True))
