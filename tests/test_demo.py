@@ -166,7 +166,11 @@ def test_smollm2_study_plans_import_corpus_and_greedy_evaluation_only():
     assert {(s.cfg.benchmark, s.output.name.split("-")[-1]) for s in evaluated} == {
         (b, "greedy_metrics.json") for b in ("humaneval", "humaneval_plus", "mbpp_sanitized", "mbpp_plus")}
     assert len(evaluated) == 4 * 3  # base, NTP, RA3
-    assert all(s.cfg.limit == 0 for s in steps if s.stage == ["generate"])  # the full benchmarks
+    generated = [s for s in steps if s.stage == ["generate"]]
+    assert all(s.cfg.limit == 0 for s in generated)  # the full benchmarks
+    # each model answers a prompt its earlier benchmarks share once (HumanEval+ reuses HumanEval's samples)
+    plus = next(s for s in generated if s.cfg.benchmark == "humaneval_plus" and "base" in s.name)
+    assert plus.cfg.reuse == [study.samples("base", None, "humaneval", "greedy")]
     with pytest.raises(ConfigError, match="exclude each other"):
         parse_config(demo.DemoConfig, ["--config", str(ROOT / "configs" / "smollm2.yaml"), "--base-model", "x"])
 

@@ -13,6 +13,7 @@ from ra3 import layout
 from ra3.benchmarks import check_completions, load_benchmark, mbpp_prompt
 from ra3.config import ConfigError, parse_config
 from ra3.evaluate import read_samples
+from ra3.files import DataError, iter_jsonl
 from ra3.generate import GenerateConfig, run
 from ra3.models import load_pretrained
 from ra3.sampling import (
@@ -163,6 +164,28 @@ def test_stage_writes_human_eval_samples_reproducibly(tiny_model, tmp_path):
     assert parse_config(GenerateConfig, ["--config", str(layout.samples_sidecar(out, "config.yaml"))]) == cfg
     compute = json.loads(layout.samples_sidecar(out, layout.COMPUTE).read_text())
     assert (compute["backend"], compute["tasks"], compute["samples"], compute["seed"]) == ("hf", 2, 6, 5)
+
+
+def test_reuse_answers_a_shared_prompt_once(tiny_model, tmp_path):
+    """HumanEval+ holds HumanEval's prompts: with HumanEval's samples to reuse, only the prompt that differs
+    (HumanEval/115, EvalPlus fixed its docstring) is generated."""
+    argv = ["--model", str(tiny_model), "--max-new-tokens", "8", "--limit", "116"]
+    _, base = _generate([*argv, "--benchmark", "humaneval", "--out", str(tmp_path / "he.jsonl")])
+    _, plus = _generate([*argv, "--benchmark", "humaneval_plus", "--reuse", str(base),
+                         "--out", str(tmp_path / "plus.jsonl")])
+    base_samples, plus_samples = list(iter_jsonl(base)), list(iter_jsonl(plus))
+    assert [s["task_id"] for s in plus_samples] == [s["task_id"] for s in base_samples]
+    differ = [b["task_id"] for b, p in zip(base_samples, plus_samples, strict=True) if b != p]
+    assert set(differ) <= {"HumanEval/115"}
+    compute = json.loads(layout.samples_sidecar(plus, layout.COMPUTE).read_text())
+    assert (compute["tasks"], compute["tasks_generated"]) == (116, 1)
+
+    with pytest.raises(ConfigError, match="other settings.*max_new_tokens=8"):
+        _generate(["--model", str(tiny_model), "--max-new-tokens", "9", "--benchmark", "humaneval_plus",
+                   "--reuse", str(base), "--out", str(tmp_path / "other.jsonl")])
+    with pytest.raises(DataError, match="not a samples file"):
+        _generate([*argv, "--benchmark", "humaneval_plus", "--reuse", str(tmp_path / "none.jsonl"),
+                   "--out", str(tmp_path / "other.jsonl")])
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -177,7 +177,10 @@ def parse_config(cls: type[T], argv: list[str], prog: str = "ra3", description: 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, YAML-safe dict of a config (Paths as strings)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    def plain(value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else [plain(v) for v in value] if isinstance(value, list) else value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

@@ -204,13 +204,15 @@ def eval_steps(cfg: DemoConfig, study: layout.Study, arm: str, model: str, seed:
     runs = (("greedy", 1, 0.0, cfg.eval_tasks, [1]),
             ("sampled", cfg.eval_samples, cfg.eval_temperature, cfg.eval_sample_tasks,
              sorted({1, cfg.eval_samples})))[:2 if cfg.sampled_eval else 1]
-    for bench in cfg.benchmarks:
+    for i, bench in enumerate(cfg.benchmarks):
         data_path = Path(data["world"]) if bench == "world" else None
         for mode, n, temperature, limit, k in runs:
             samples = study.samples(arm, seed, bench, mode)
+            # a prompt that an earlier benchmark shares (HumanEval+ holds HumanEval's) is answered once
+            earlier = [study.samples(arm, seed, b, mode) for b in cfg.benchmarks[:i]]
             gen = generate.GenerateConfig(model=model, benchmark=bench, n=n, temperature=temperature,
                                           limit=limit, max_new_tokens=cfg.eval_max_tokens, out=samples,
-                                          data_path=data_path, seed=seed or 0)
+                                          data_path=data_path, seed=seed or 0, reuse=earlier)
             ev = evaluate.EvaluateConfig(benchmark=bench, samples=samples, k=k, data_path=data_path,
                                          workers=cfg.workers or None)
             steps += [Step(f"generate {name} {bench} {mode}", ["generate"], generate, gen,

