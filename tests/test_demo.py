@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ra3 import demo, layout
+from ra3 import demo, layout, report
 from ra3.cli import main
 from ra3.config import ConfigError, config_from_dict, parse_config
 from ra3.files import DataError, file_sha256, read_records
@@ -84,9 +84,20 @@ def test_report_numbers_come_from_the_run(micro_run):
     compute = {r[0]: r for r in _table(md, "stage")}
     ntp = json.loads((micro_run / "seed0" / "ntp" / "compute.json").read_text())
     assert float(compute["seed0/ntp"][1]) == ntp["wall_s"] and int(compute["seed0/ntp"][2]) == ntp["tokens_forward"]
+    verdicts = [{r["task_id"]: r["passed"] for r in read_records(micro_run / "eval" / where / "world-greedy_results.jsonl")}
+                for where in ("ra3-s0", "ntp-s0")]
+    ra3_only = sum(ok and not verdicts[1][t] for t, ok in verdicts[0].items())
+    ntp_only = sum(ok and not verdicts[0][t] for t, ok in verdicts[1].items())
+    assert f"tasks only RA3 passes: {ra3_only}, only NTP: {ntp_only}, sign test p = " in md
     estep = json.loads((micro_run / "seed0" / "ra3" / "iter1" / "estep" / "metrics.jsonl").read_text().splitlines()[-1])
     stats = {r[0]: r for r in _table(md, "quantity")}
     assert float(stats["rationales per program"][4]) == pytest.approx(estep["estep/rationales_per_program"], abs=5e-3)
+
+
+@pytest.mark.parametrize(("a_only", "b_only", "p"), [(0, 0, 1.0), (3, 3, 1.0), (5, 0, 2 / 32),
+                                                      (10, 2, 2 * (1 + 12 + 66) / 4096), (2, 10, 2 * 79 / 4096)])
+def test_sign_test_by_hand(a_only, b_only, p):
+    assert report.sign_test_p(a_only, b_only) == pytest.approx(p)
 
 
 def test_bootstrapped_traces_are_the_expert_code_plus_comments(micro_run):

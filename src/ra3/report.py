@@ -60,6 +60,14 @@ def fmt(values: list[float], digits: int = 3, expected: int | None = None) -> st
     return text + (f" ({len(values)} of {expected} seeds)" if expected and len(values) < expected else "")
 
 
+def sign_test_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact sign test on paired verdicts: with n = a_only + b_only tasks that exactly one model
+    passes, p = min(1, 2 * P[Binomial(n, 1/2) <= min(a_only, b_only)]) (1 when n = 0). It measures the
+    benchmark's task-sampling noise only, not the spread over training seeds."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
 def steps_to_threshold(steps: list[int], values: list[float], threshold: float) -> int | None:
     """First evaluated step whose value reaches `threshold` (None if never)."""
     return next((s for s, v in zip(steps, values, strict=True) if v >= threshold), None)
@@ -94,6 +102,19 @@ class Run:
         seeds = [self.seeds[0]] if arm == "base" else self.seeds
         files = [self.metrics_file(arm, s, bench, mode) for s in seeds]
         return [json.loads(f.read_text())["pass_at_k"][key]["value"] for f in files if f.is_file()]
+
+    def discordant(self, a: str, b: str, bench: str, mode: str) -> tuple[int, int] | None:
+        """Over seeds, the (task, seed) pairs that only `a` passes and that only `b` passes, from the
+        single-sample verdicts (greedy); None when a results file is missing."""
+        a_only = b_only = 0
+        for seed in self.seeds:
+            files = [layout.results_file(self.study.samples(arm, seed, bench, mode)) for arm in (a, b)]
+            if not all(f.is_file() for f in files):
+                return None
+            passed = [{r["task_id"]: r["passed"] for r in read_jsonl(f)} for f in files]
+            a_only += sum(ok and not passed[1].get(t, False) for t, ok in passed[0].items())
+            b_only += sum(ok and not passed[0].get(t, False) for t, ok in passed[1].items())
+        return a_only, b_only
 
     def curve_band(self, arm: str, key: str = "pass@1_greedy") -> dict[float, list[float]]:
         """step -> the per-seed values of `key` at that step (seeds matched by step, not by row)."""
@@ -246,6 +267,10 @@ def verdict(run: Run, convergence: tuple | None) -> list:
             else:
                 word = "beats" if diff > spread else ("loses to" if -diff > spread else "is within the seed spread of")
                 call = f"seed std {spread:.3f}: {LABELS[pair[0]]} {word} {LABELS[pair[1]]}"
+            pairs = run.discordant(*pair, bench, mode) if mode == "greedy" else None
+            if pairs:
+                call += (f"; tasks only {LABELS[pair[0]]} passes: {pairs[0]}, only {LABELS[pair[1]]}: {pairs[1]}, "
+                         f"sign test p = {sign_test_p(*pairs):.2f}")
             lines.append(f"{title}: {LABELS[pair[0]]} − {LABELS[pair[1]]} = {diff:+.3f} ({call})")
     if convergence:
         threshold, reached = convergence
