@@ -1,12 +1,14 @@
 """The one unbiased pass@k estimator (Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
 
 Every path that reports pass@k (the evaluate stage, in-training evaluation, RLVR curves) calls
-`pass_at_k` / `pass_at_k_table`; there is no second definition.
+`pass_at_k` / `pass_at_k_table`; there is no second definition. Beside it, the paired sign test that
+compares two models' verdicts on the same tasks (`sign_test_p`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
@@ -72,3 +74,11 @@ def format_table(table: Mapping[str, dict]) -> str:
         else:
             lines.append(f"{name} = {row['value']:.4f} ({row['tasks']} tasks)")
     return "\n".join(lines)
+
+
+def sign_test_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact sign test on paired verdicts: with n = a_only + b_only tasks that exactly one model
+    passes, p = min(1, 2 * P[Binomial(n, 1/2) <= min(a_only, b_only)]) (1 when n = 0). It measures the
+    benchmark's task-sampling noise only, not the spread over training seeds."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0

@@ -20,6 +20,7 @@ import yaml
 from ra3 import layout
 from ra3.config import Config, option
 from ra3.files import DataError, atomic_write_text, read_jsonl
+from ra3.passk import sign_test_p
 from ra3.report_render import to_html, to_markdown
 
 ARMS = ("base", "ntp", "ra3", "ntp+rlvr", "ra3+rlvr")
@@ -58,14 +59,6 @@ def fmt(values: list[float], digits: int = 3, expected: int | None = None) -> st
     m, s = mean_std(values)
     text = f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
     return text + (f" ({len(values)} of {expected} seeds)" if expected and len(values) < expected else "")
-
-
-def sign_test_p(a_only: int, b_only: int) -> float:
-    """Two-sided exact sign test on paired verdicts: with n = a_only + b_only tasks that exactly one model
-    passes, p = min(1, 2 * P[Binomial(n, 1/2) <= min(a_only, b_only)]) (1 when n = 0). It measures the
-    benchmark's task-sampling noise only, not the spread over training seeds."""
-    n, k = a_only + b_only, min(a_only, b_only)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
 
 
 def steps_to_threshold(steps: list[int], values: list[float], threshold: float) -> int | None:
