@@ -15,10 +15,10 @@ DeepSpeed configs). What it does not do, and this module adds:
    NTP and RA3 arms can be compared at stated, checkable equal compute.
 
 Tokenisation is TRL's: prompt + completion encoded as one text, which gives `models.encode`'s ids (line
-pieces never merge; unit pieces matched whole-text ids on 2276 of 2276 MBPP and HumanEval texts). Where a BPE glues the prompt's final line end to the completion's first
-indentation (SmolLM2), TRL warns that the prompt is not a token prefix and starts the loss at the glued
-token; that is the context generation gives the model too (`models.prompt_to_continue`), so the warning
-is expected there.
+pieces never merge; unit pieces matched whole-text ids on 2276 of 2276 MBPP and HumanEval texts). Where
+a BPE glues the prompt's final line end to the completion's first indentation (SmolLM2), TRL warns that
+the prompt is not a token prefix and starts the loss at the glued token; that is the context generation
+gives the model too (`models.prompt_to_continue`), so the warning is expected there.
 """
 
 from __future__ import annotations
