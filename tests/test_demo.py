@@ -116,6 +116,17 @@ def test_bootstrapped_traces_are_the_expert_code_plus_comments(micro_run):
     assert shards[0] + shards[1] == read_records(micro_run / "world" / "demos.jsonl")  # disjoint, all used once
 
 
+def test_a_run_without_rlvr_reports_no_empty_figure(micro_run, tmp_path):
+    run = shutil.copytree(micro_run, tmp_path / "run")
+    study = layout.Study(run)
+    for arm in ("ntp", "ra3"):
+        layout.curves_file(study.arm_dir(f"{arm}+rlvr", 0)).unlink()
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    section = md[md.index("## RLVR curves"):md.index("## E-step")]
+    assert "no RLVR curves found" in section and "rlvr_curves.png" not in md and "RLVR: steps" not in md
+
+
 def test_rerun_skips_finished_steps_and_redoes_a_missing_one(micro_run, caplog, capsys):
     greedy = micro_run / "eval" / "ntp-s0" / "world-greedy.jsonl"
     kept = {p: p.stat().st_mtime_ns for p in (micro_run / "seed0" / "ntp" / "model").iterdir()}

@@ -220,6 +220,23 @@ def test_the_loss_scores_the_sampled_actions(commenting_model, tmp_path):
     assert not torch.allclose(other.logp[real], actions.logq_sampled[real], atol=1e-2, rtol=0)
 
 
+def test_micro_batched_update_has_the_one_pass_gradient(commenting_model, tmp_path):
+    """q's update runs its backward in micro-batches of `estep_batch_size` sequences (a real model's memory
+    bound); each part's mean is weighted by its share of the actions, so loss and gradient equal one pass
+    over all the rollouts (here 32 sequences: one pass vs parts of 5, the last one short)."""
+    model, demos_path = commenting_model
+    steps = {size: EStep(EStepConfig(model=str(model), demos=demos_path, out_dir=tmp_path, group_size=4,
+                                     temperature=1.0, estep_batch_size=size), load_demos(demos_path))
+             for size in (32, 5)}
+    ro = steps[32].rollout(list(range(8)))  # the two policies are the same model: one set of rollouts serves both
+    assert sum(len(a.rationales) for a in ro.annotations) >= 4
+    losses = {size: step.accumulate_gradient(ro) for size, step in steps.items()}
+    grads = {size: torch.cat([p.grad.flatten() for p in step.policy.parameters()]) for size, step in steps.items()}
+    assert grads[32].abs().max() > 0 and losses[32] != 0
+    assert losses[5] == pytest.approx(losses[32], rel=1e-5, abs=1e-7)
+    assert torch.allclose(grads[5], grads[32], rtol=1e-4, atol=1e-6 * grads[32].abs().max().item())
+
+
 def test_states_detail():
     assert states_detail("take while: until above 5", "until above 5", (5,))
     assert not states_detail("take while: until below 6", "until above 5", (5,))

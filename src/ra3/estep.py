@@ -49,7 +49,7 @@ from ra3.config import Config, ConfigError, option, save_config
 from ra3.demonstrations import read_demonstrations
 from ra3.estep_metrics import rollout_metrics
 from ra3.files import atomic_write_text, provenance, write_jsonl
-from ra3.latent_policy import action_logprobs, sample_annotations
+from ra3.latent_policy import action_logprobs, count_actions, sample_annotations
 from ra3.latents import Annotation, Encoder, Temperatures, score, split_demo
 from ra3.models import load_pretrained
 from ra3.objectives import (
@@ -94,7 +94,8 @@ class EStepOptions(Config):
                             "annotation) by R(z), one drawn in proportion to its importance weight (BoLT), or "
                             "the first sample", choices=("best", "importance", "sample"))
     max_demos: int = option(0, "use at most this many demonstrations (0 = all)")
-    estep_batch_size: int = option(32, "sequences per E-step forward pass", at_least=1)
+    estep_batch_size: int = option(32, "sequences per E-step forward pass (and per backward pass of q's update: "
+                                  "the activation memory scales with it, not with the rollouts)", at_least=1)
 
     def __post_init__(self):
         super().__post_init__()
@@ -203,15 +204,10 @@ class EStep:
     def update(self, ro: Rollouts) -> dict:
         """One clipped policy-gradient step on q over the rollouts' actions (CONTINUE, write, text tokens)."""
         cfg = self.cfg
-        rewards = self.line_rewards(ro)  # (N, T)
-        adv_lines = boundary_advantages(returns_to_go(rewards), ro.mask, cfg.group_size, cfg.include_empty)
         self.policy.train()
         for _ in range(cfg.ppo_epochs):
-            actions = action_logprobs(self.policy, self.enc, ro.rows, ro.seqs, ro.annotations, self.temps)
-            adv = adv_lines.to(actions.logp.device).gather(1, actions.boundary)  # (N, L)
-            loss = policy_gradient_loss(actions.logp, actions.logq_sampled, adv, actions.mask, cfg.clip_eps)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self.accumulate_gradient(ro)
             self._average_gradients()
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.estep_max_grad_norm)
             self.optimizer.step()
@@ -219,9 +215,32 @@ class EStep:
             self.compute["tokens_forward"] += n_tokens
             self.compute["tokens_backward"] += n_tokens
         self.policy.eval()
-        metrics = rollout_metrics([self.enc.demos[r] for r in ro.rows], ro.annotations, rewards.sum(1),
+        metrics = rollout_metrics([self.enc.demos[r] for r in ro.rows], ro.annotations, self.line_rewards(ro).sum(1),
                                   self.plain_logp(ro.rows), ro.line_gain, ro.writes, ro.line_kl, ro.mask)
-        return {**metrics, "estep/loss": loss.item()}
+        return {**metrics, "estep/loss": loss}
+
+    def accumulate_gradient(self, ro: Rollouts) -> float:
+        """Add ∇L of the clipped surrogate (objectives.policy_gradient_loss) over all the rollouts' actions to
+        q's .grad, and return L. L is a mean over the A actions, so a micro-batch b of `estep_batch_size`
+        sequences contributes its own mean times A_b / A: the gradients sum to the one-pass gradient while
+        only one micro-batch's (n, T, V) logits and activations are alive (a real model's memory bound)."""
+        cfg = self.cfg
+        adv_lines = boundary_advantages(returns_to_go(self.line_rewards(ro)), ro.mask, cfg.group_size,
+                                        cfg.include_empty)  # (N, T)
+        size, n = cfg.estep_batch_size, len(ro.rows)
+        total = count_actions(self.enc, ro.rows, ro.seqs, ro.annotations, self.temps)
+        loss = 0.0
+        for b in range(0, n, size):
+            part = slice(b, b + size)
+            actions = action_logprobs(self.policy, self.enc, ro.rows[part], ro.seqs[part], ro.annotations[part],
+                                      self.temps)
+            adv = adv_lines[part].to(actions.logp.device).gather(1, actions.boundary)  # (n, L)
+            share = actions.mask.sum() / total
+            part_loss = share * policy_gradient_loss(actions.logp, actions.logq_sampled, adv, actions.mask,
+                                                     cfg.clip_eps)
+            part_loss.backward()
+            loss += part_loss.item()
+        return loss
 
     def _average_gradients(self) -> None:
         """Data parallelism by hand (q is not wrapped in DDP: most of its passes are no-grad sampling):

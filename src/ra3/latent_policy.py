@@ -172,6 +172,13 @@ def _action_layout(seq: Sequence, ann: Annotation, enc: Encoder, demo: int, temp
     return out
 
 
+def count_actions(enc: Encoder, demo_rows: list[int], seqs: list[Sequence], annotations: list[Annotation],
+                  temps: Temperatures) -> int:
+    """How many actions the traces hold (the real entries of `action_logprobs`'s mask), without a forward pass."""
+    return sum(len(_action_layout(seq, ann, enc, demo, temps))
+               for demo, seq, ann in zip(demo_rows, seqs, annotations, strict=True))
+
+
 def action_logprobs(policy, enc: Encoder, demo_rows: list[int], seqs: list[Sequence], annotations: list[Annotation],
                     temps: Temperatures) -> Actions:
     """One forward pass of q (with gradients) over the final traces:

@@ -284,9 +284,11 @@ def rlvr_convergence(run: Run) -> tuple[float, dict[str, list[int | None]]] | No
 
 
 def section_rlvr(run: Run, out: Path, convergence: tuple | None) -> list:
+    if not any(run.curves(arm) for arm in ("ntp", "ra3")):  # (e.g. run_rlvr: false): no empty figure
+        return [("h2", "RLVR curves"), ("p", "no RLVR curves found")]
     blocks = [("h2", "RLVR curves"), ("img", plot_rlvr(run, out / "rlvr_curves.png"), "RLVR curves")]
     if convergence is None:
-        return [*blocks, ("p", "no RLVR curves found")]
+        return [*blocks, ("p", "RLVR curves from one start only: no steps-to-threshold comparison")]
     threshold, reached = convergence
     table = []
     for arm, steps in reached.items():
