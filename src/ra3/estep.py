@@ -32,7 +32,6 @@ Departures from the paper (every one a config field where it is a choice):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -48,6 +47,7 @@ from ra3 import layout
 from ra3.config import Config, ConfigError, option, save_config
 from ra3.demonstrations import read_demonstrations
 from ra3.estep_metrics import rollout_metrics
+from ra3.estep_ranks import average_gradients, process_state, weights_checksum
 from ra3.files import atomic_write_text, provenance, write_jsonl
 from ra3.latent_policy import action_logprobs, count_actions, sample_annotations
 from ra3.latents import Annotation, Encoder, Temperatures, score, split_demo
@@ -208,7 +208,7 @@ class EStep:
         for _ in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.accumulate_gradient(ro)
-            self._average_gradients()
+            average_gradients(self.policy, self.world)
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.estep_max_grad_norm)
             self.optimizer.step()
             n_tokens = sum(len(s.ids) for s in ro.seqs)
@@ -241,14 +241,6 @@ class EStep:
             part_loss.backward()
             loss += part_loss.item()
         return loss
-
-    def _average_gradients(self) -> None:
-        """Data parallelism by hand (q is not wrapped in DDP: most of its passes are no-grad sampling):
-        every rank's gradient becomes the mean over ranks, so the replicas take identical steps."""
-        if self.world > 1:
-            for param in self.policy.parameters():
-                torch.distributed.all_reduce(param.grad)
-                param.grad /= self.world
 
     def heldout(self, demo_ids: list[int]) -> dict:
         """The E-step objective on held-out demonstrations (each rank its share, averaged over all). Decisions
@@ -302,13 +294,6 @@ def plan_demos(n_demos: int, cfg: EStepOptions, seed: int) -> tuple[list[int], l
     n_rl = min(math.ceil(cfg.rl_fraction * n_demos), n_demos - len(heldout))
     rl = order[len(heldout):len(heldout) + n_rl]
     return heldout, rl, sorted(set(order) - set(rl))
-
-
-def process_state() -> PartialState:
-    """This process's place under `accelerate launch` (rank, world size, device); on a machine without CUDA
-    the ranks are CPU processes joined by gloo (accelerate takes a GPU launch config for no processes
-    unless told `cpu`)."""
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def run(cfg: EStepConfig) -> Path:
@@ -374,7 +359,7 @@ def _run(cfg: EStepConfig, out: Path, state: PartialState) -> None:
     if world > 1:
         torch.distributed.all_reduce(counts)
         records = gather_object(records)
-    replicas = gather_object([_checksum(step.policy)])
+    replicas = gather_object([weights_checksum(step.policy)])
     if tb is not None:
         tb.close()
     if state.is_main_process:
@@ -384,14 +369,6 @@ def _run(cfg: EStepConfig, out: Path, state: PartialState) -> None:
                    "updates": len(batches), "rl_demos": len(rl), "rl_fraction_of_demos": round(len(rl) / len(demos), 4),
                    "heldout_demos": len(heldout), **provenance(cfg.seed, demos=cfg.demos)}
         _write_outputs(out, history, curve, compute, [rec for _, rec in sorted(records, key=lambda x: x[0])])
-
-
-def _checksum(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights (the ranks' replicas of q must agree)."""
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _write_outputs(out: Path, history: list[dict], curve: list[dict], compute: dict, records: list[dict]) -> None:
