@@ -1,6 +1,6 @@
 """The E-step's data parallelism by hand: the ranks under `accelerate launch`, q's averaged gradients, and the
 check that the replicas stayed identical. q is not wrapped in DDP because most of its passes are no-grad
-sampling; its only collective is the gradient average after each backward."""
+sampling: its gradients are averaged here after each update's backward instead."""
 
 from __future__ import annotations
 
